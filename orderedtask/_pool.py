@@ -1,0 +1,143 @@
+"""``Pool``: the seed's ordered task pool, with backpressure, errors in place and a watermark."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from types import TracebackType
+from typing import Any
+
+from ._engine import Engine, check_callable, check_window, check_workers
+from ._task import Task
+
+#: Default window: tasks accepted but not yet consumed. Chosen by measurement (README,
+#: "Choosing the window"): per-task cost stops falling beyond ~1,000 on tiny tasks, and a
+#: few thousand tasks of any sane size stay well under a few MB.
+DEFAULT_WINDOW = 4096
+
+WorkerFn = Callable[[dict[str, Any], Task], Any]
+
+
+class Pool:
+    """Runs ``fn(workerlocal, task)`` on ``workers`` threads; yields tasks in index order.
+
+    ``fn`` writes ``task.output``; an ``Exception`` it raises is stored on ``task.error`` and
+    the task is still yielded in its place. ``workerlocal`` is a dict private to one worker
+    thread; ``worker_init(workerlocal)`` runs once per worker before its first task.
+    At most ``window`` tasks are accepted and not yet consumed; ``enqueue`` blocks beyond that.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        fn: WorkerFn,
+        *,
+        window: int | None = None,
+        worker_init: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        check_workers(workers)
+        check_callable("fn", fn)
+        check_callable("worker_init", worker_init, optional=True)
+        self._engine = Engine(
+            workers, fn, check_window(window, DEFAULT_WINDOW), worker_init, "orderedtask"
+        )
+        # Workers reference the engine only, so an unreachable pool is collected and stops them.
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    @property
+    def workers(self) -> int:
+        return self._engine.workers
+
+    @property
+    def window(self) -> int:
+        return self._engine.window
+
+    @property
+    def watermark(self) -> int | None:
+        """Highest index such that every accepted task at or below it has been yielded.
+
+        ``None`` before the first task is yielded. A Kafka consumer commits ``watermark + 1``
+        once it has handled the tasks ``results()`` gave it.
+        """
+        return self._engine.watermark
+
+    def enqueue(self, task: Task, timeout: float | None = None) -> None:
+        """Accept ``task``; block while ``window`` tasks are accepted and not yet consumed.
+
+        Raises ``TypeError``/``ValueError``/``OverflowError`` for a bad index (the pool is
+        unchanged), ``TimeoutError`` when ``timeout`` seconds pass with the window full,
+        ``PoolClosed`` after ``close()``. Safe to call from several threads.
+        """
+        if not isinstance(task, Task):
+            raise TypeError(f"enqueue() takes a orderedtask.Task, not {type(task).__name__}")
+        self._engine.put(task, 1, timeout)
+
+    def enqueue_many(self, tasks: Iterable[Task], timeout: float | None = None) -> int:
+        """Enqueue each task in turn; return how many were accepted.
+
+        On an error, the tasks before the bad one stay accepted and the error is raised.
+        """
+        put = self._engine.put
+        count = 0
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise TypeError(
+                    f"enqueue_many() takes orderedtask.Task items, not {type(task).__name__}")
+            put(task, 1, timeout)
+            count += 1
+        return count
+
+    def results(self) -> Iterator[Task]:
+        """Yield finished tasks in ascending index order; one consumer at a time.
+
+        Ends after ``close()`` once every accepted task has been yielded. Leaving the
+        iteration early terminates the pool. If ``fn`` raised a ``BaseException`` that is not
+        an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``...), the tasks before it are
+        yielded, then it is raised here and the pool is terminated.
+        """
+        engine = self._engine
+        with closing(engine.batches()) as batches:
+            for batch in batches:
+                for task in batch:
+                    error = task.error
+                    if error is not None and not isinstance(error, Exception):
+                        engine.terminate()
+                        raise error
+                    engine.watermark = task.index
+                    yield task
+
+    def close(self) -> None:
+        """Stop accepting tasks; those accepted still run and are yielded. Idempotent."""
+        self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop now: drop tasks no worker has started; ``results()`` ends. Idempotent."""
+        self._engine.terminate()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker threads to exit (after ``close``/``terminate``)."""
+        return self._engine.join(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the pool's counters."""
+        return self._engine.stats()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
+        self.join()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._engine.closed else "open"
+        return f"<orderedtask.Pool workers={self.workers} window={self.window} {state}>"

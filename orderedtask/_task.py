@@ -1,0 +1,25 @@
+"""The unit of work that travels through a pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Task:
+    """One piece of work: an ``index`` that orders it and an ``input``.
+
+    The pool's function writes ``output``; if the function raised, ``error`` holds the
+    exception and the task is still yielded in its place.
+    """
+
+    __slots__ = ("index", "input", "output", "error")
+
+    def __init__(self, index: int, input: Any = None) -> None:
+        self.index = index
+        self.input = input
+        self.output: Any = None
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = f"error={self.error!r}" if self.error is not None else f"output={self.output!r}"
+        return f"Task(index={self.index!r}, input={self.input!r}, {state})"
