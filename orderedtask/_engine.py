@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from time import monotonic, perf_counter
 from typing import Any
 
+from ._backends import Backend
 from ._compat import ReorderBuffer
 from ._errors import PoolClosed, WorkerInitError
 from ._task import Task
@@ -50,21 +51,19 @@ def check_callable(name: str, fn: object, optional: bool = False) -> None:
 
 
 class Engine:
-    """Shared state of one pool; ``run(workerlocal, task)`` is what a worker does per task."""
+    """Shared state of one pool; ``backend`` says how a worker runs a batch of tasks."""
 
     def __init__(
         self,
         workers: int,
-        run: Callable[[dict[str, Any], Task], Any],
+        backend: Backend,
         window: int,
-        worker_init: Callable[[dict[str, Any]], Any] | None,
         name: str,
         weight_of: Callable[[Task], int] | None = None,
     ) -> None:
         self.workers = workers
         self.window = window
-        self.run = run
-        self.worker_init = worker_init
+        self.backend = backend
         self.weight_of = weight_of
         # lock guards every attribute below; the three conditions share it.
         self.lock = threading.Lock()
@@ -139,21 +138,24 @@ class Engine:
     # -- workers -----------------------------------------------------------------------
 
     def _worker_main(self) -> None:
-        workerlocal: dict[str, Any] = {}
-        if self.worker_init is not None:
-            try:
-                self.worker_init(workerlocal)
-            except BaseException as exc:  # noqa: BLE001 - reported on every task it affects
-                self._fail_init(exc)
-                self._worker_exit()
-                return
         try:
-            self._work(workerlocal)
-        finally:
+            state = self.backend.start_worker()
+        except BaseException as exc:  # noqa: BLE001 - reported on every task it affects
+            self._fail_init(exc)
             self._worker_exit()
+            return
+        try:
+            self._work(state)
+        except BaseException as exc:  # noqa: BLE001 - a backend could not restart a worker
+            self._fail_init(exc)
+        finally:
+            try:
+                self.backend.stop_worker(state)
+            finally:
+                self._worker_exit()
 
-    def _work(self, workerlocal: dict[str, Any]) -> None:
-        lock, queue, run, buffer = self.lock, self.queue, self.run, self.buffer
+    def _work(self, state: Any) -> None:
+        lock, queue, run_batch, buffer = self.lock, self.queue, self.backend.run_batch, self.buffer
         while True:
             with lock:
                 while not queue:
@@ -177,11 +179,11 @@ class Engine:
                     self.wakeups += 1
                     self.work_ready.notify()
             started = perf_counter()
-            for task in batch:
-                try:
-                    run(workerlocal, task)
-                except BaseException as exc:  # noqa: BLE001 - the consumer re-raises non-Exceptions
-                    task.error = exc
+            broken = None
+            try:
+                run_batch(state, batch)
+            except BaseException as exc:  # noqa: BLE001 - the backend set every task's error
+                broken = exc
             elapsed = perf_counter() - started
             with lock:
                 if self.stopping:
@@ -195,6 +197,8 @@ class Engine:
                     if self.consumer_waiting:
                         self.results_ready.notify()
                 self._learn_cost(batch, elapsed)
+            if broken is not None:
+                raise broken
 
     def _learn_cost(self, batch: list[Task], elapsed: float) -> None:
         weight = len(batch) if self.weight_of is None else sum(map(self.weight_of, batch))
@@ -287,6 +291,7 @@ class Engine:
             self.ready = []
             self.buffer.clear()
             self._notify_all()
+        self.backend.shutdown()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker threads to exit; True when all have."""

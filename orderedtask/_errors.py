@@ -7,3 +7,7 @@ class PoolClosed(RuntimeError):
 
 class WorkerInitError(RuntimeError):
     """``worker_init`` raised; the original exception is the ``__cause__``."""
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died while it held this task; it was replaced and the pool goes on."""

@@ -6,11 +6,13 @@ import builtins
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import closing
 from itertools import islice
 from time import perf_counter
 from typing import Any, TypeVar
 
+from ._backends import Backend, make_backend
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._errors import PoolClosed
 from ._task import Task
@@ -31,14 +33,22 @@ def _chunk_items(task: Task) -> int:
     return len(task.input)
 
 
-def _run_chunk(fn: Callable[[Any], Any]) -> Callable[[dict[str, Any], Task], None]:
-    def run(workerlocal: dict[str, Any], task: Task) -> None:
+class ChunkRunner:
+    """Runs ``fn`` over a chunk (``task.input``); picklable, for the process backend."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, workerlocal: dict[str, Any], task: Task) -> None:
         out: list[Any] = []
         task.output = out
         # list.extend keeps the results made before fn raises: they are yielded first.
-        out.extend(builtins.map(fn, task.input))
+        out.extend(builtins.map(self.fn, task.input))
 
-    return run
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkRunner, (self.fn,))
 
 
 def map(
@@ -47,6 +57,7 @@ def map(
     *,
     workers: int | None = None,
     window: int | None = None,
+    backend: str | Executor = "thread",
 ) -> Iterator[R]:
     """Yield ``fn(item)`` for each item, in input order, computed on ``workers`` threads.
 
@@ -60,13 +71,14 @@ def map(
         workers = os.cpu_count() or 1
     check_workers(workers)
     window = check_window(window, DEFAULT_MAP_WINDOW)
-    return _results(fn, iter(iterable), workers, window)
+    runner = make_backend(backend, ChunkRunner(fn), None, workers)
+    return _results(runner, iter(iterable), workers, window)
 
 
-def _results(fn: Callable[[Any], Any], source: Iterator[Any], workers: int, window: int
+def _results(backend: Backend, source: Iterator[Any], workers: int, window: int
              ) -> Iterator[Any]:
     # Threads start on the first next(): a map object that is never iterated costs nothing.
-    engine = Engine(workers, _run_chunk(fn), window, None, "orderedtask-map", _chunk_items)
+    engine = Engine(workers, backend, window, "orderedtask-map", _chunk_items)
     feeder = threading.Thread(
         target=_feed, args=(engine, source), name="orderedtask-map-feeder", daemon=True
     )

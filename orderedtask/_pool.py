@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import closing
 from types import TracebackType
 from typing import Any
 
+from ._backends import make_backend
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._task import Task
 
@@ -35,12 +37,14 @@ class Pool:
         *,
         window: int | None = None,
         worker_init: Callable[[dict[str, Any]], Any] | None = None,
+        backend: str | Executor = "thread",
     ) -> None:
         check_workers(workers)
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
+        window = check_window(window, DEFAULT_WINDOW)
         self._engine = Engine(
-            workers, fn, check_window(window, DEFAULT_WINDOW), worker_init, "orderedtask"
+            workers, make_backend(backend, fn, worker_init, workers), window, "orderedtask"
         )
         # Workers reference the engine only, so an unreachable pool is collected and stops them.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
