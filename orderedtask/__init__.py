@@ -1,11 +1,11 @@
 """Ordered parallel processing: tasks go in with an index, results come out in index order."""
 
 from ._compat import IMPLEMENTATION
-from ._errors import PoolClosed, WorkerInitError
+from ._errors import PoolClosed, WorkerDied, WorkerInitError
 from ._map import map
 from ._pool import Pool
 from ._task import Task
 
 __version__ = "0.1.0"
 
-__all__ = ["IMPLEMENTATION", "Pool", "PoolClosed", "Task", "WorkerInitError", "map"]
+__all__ = ["IMPLEMENTATION", "Pool", "PoolClosed", "Task", "WorkerDied", "WorkerInitError", "map"]
