@@ -83,7 +83,7 @@ class Engine:
         self.consumer_waiting = False
         self.consumer: int | None = None  # thread id of the active results iterator
         self.live = workers
-        self.max_batch = MAX_BATCH
+        self.max_batch = 1  # until a batch is measured, tasks may be slow: spread them out
         self.cost = 0.0  # seconds per unit of weight, moving average
         # Written by the consumer thread alone; read anywhere.
         self.watermark: int | None = None

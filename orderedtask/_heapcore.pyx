@@ -82,6 +82,9 @@ cdef class ReorderBuffer:
     cdef Py_ssize_t _finished
     cdef Py_ssize_t _released
 
+    def __init__(self):
+        pass
+
     def __dealloc__(self):
         cdef pair[uint64_t, PyObject*] slot
         for slot in self._slots:

@@ -17,13 +17,15 @@ _NOT_FINISHED = object()
 
 
 def _as_index(index: object) -> int:
-    if type(index) is not int and (isinstance(index, bool) or not isinstance(index, int)):
-        raise TypeError(f"task index must be an int, not {type(index).__name__} ({index!r})")
+    if type(index) is not int:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"task index must be an int, not {type(index).__name__} ({index!r})")
+        index = int.__int__(index)  # the stored value, whatever the subclass overrides
     if index < 0:
         raise ValueError(f"task index {index} is negative; indices must be in [0, 2**64)")
     if index >= _LIMIT:
         raise OverflowError(f"task index {index} does not fit in 64 bits; indices must be < 2**64")
-    return int(index)
+    return index
 
 
 class ReorderBuffer:

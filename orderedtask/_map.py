@@ -25,6 +25,7 @@ DEFAULT_MAP_WINDOW = 16384
 # A chunk aims at about this much work; chunks stay small while the cost is unknown.
 TARGET_CHUNK_SECONDS = 0.001
 MAX_CHUNK = 1024
+UNMEASURED_CHUNK = 8
 # A pull from the iterable slower than this means a slow source: send items on one by one.
 SLOW_SOURCE_SECONDS = 0.001
 
@@ -45,7 +46,11 @@ class ChunkRunner:
         out: list[Any] = []
         task.output = out
         # list.extend keeps the results made before fn raises: they are yielded first.
-        out.extend(builtins.map(self.fn, task.input))
+        items = task.input
+        out.extend(builtins.map(self.fn, items))
+        if len(out) != len(items):  # list.extend took fn's StopIteration for the end
+            raise RuntimeError(
+                f"fn raised StopIteration on an item (position {len(out)} of its chunk)")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkRunner, (self.fn,))
@@ -123,8 +128,13 @@ def _feed(engine: Engine, source: Iterator[Any]) -> None:
 def _next_chunk_size(engine: Engine, size: int, took: float) -> int:
     if took > SLOW_SOURCE_SECONDS * size:
         return 1
-    cost = engine.cost  # read without the lock: a stale estimate only sizes a chunk
-    target = MAX_CHUNK if cost <= 0 else int(TARGET_CHUNK_SECONDS / cost)
     # Keep at least two chunks per worker inside the window so that no worker starves.
-    target = min(target, MAX_CHUNK, engine.window // (2 * engine.workers))
-    return max(1, min(size * 2, target))
+    cap = min(MAX_CHUNK, engine.window // (2 * engine.workers))
+    cost = engine.cost  # read without the lock: a stale estimate only sizes a chunk
+    if cost <= 0:
+        # No chunk has finished yet: the items may be slow, so keep chunks small enough to
+        # spread over every worker until the first measurement arrives.
+        cap = min(cap, UNMEASURED_CHUNK)
+    else:
+        cap = min(cap, int(TARGET_CHUNK_SECONDS / cost))
+    return max(1, min(size * 2, cap))
