@@ -2,10 +2,10 @@
 
 from ._compat import IMPLEMENTATION
 from ._errors import PoolClosed, WorkerDied, WorkerInitError
-from ._map import map
+from ._map import amap, map
 from ._pool import Pool
 from ._task import Task
 
 __version__ = "0.1.0"
 
-__all__ = ["IMPLEMENTATION", "Pool", "PoolClosed", "Task", "WorkerDied", "WorkerInitError", "map"]
+__all__ = ["IMPLEMENTATION", "Pool", "PoolClosed", "Task", "WorkerDied", "WorkerInitError", "amap", "map"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
@@ -21,27 +22,87 @@ WorkerInit = Callable[[dict[str, Any]], Any]
 
 
 class Backend(Protocol):
+    # Work a batch should hold so that hand-off stays a small part of it (seconds).
+    batch_seconds: float
+
     def start_worker(self) -> Any: ...
     def run_batch(self, state: Any, batch: list[Task]) -> None: ...
     def stop_worker(self, state: Any) -> None: ...
     def shutdown(self) -> None: ...
 
 
-def run_tasks(fn: WorkerFn, workerlocal: dict[str, Any], batch: list[Task]) -> None:
-    """Run ``fn`` on each task, storing what it raises on the task."""
+Retry = tuple[int, float]  # (retries, seconds of back-off between attempts)
+NO_RETRY: Retry = (0, 0.0)
+
+
+def check_retries(retries: object, backoff: object) -> Retry:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
+        raise TypeError(f"retry_backoff must be a number of seconds, not {type(backoff).__name__}")
+    if not backoff >= 0:
+        raise ValueError(f"retry_backoff must be >= 0 seconds, got {backoff}")
+    return retries, float(backoff)
+
+
+def run_tasks(fn: WorkerFn, workerlocal: dict[str, Any], batch: list[Task],
+              retry: Retry = NO_RETRY) -> None:
+    """Run ``fn`` on each task, storing what it raises on the task; retry ``Exception``s."""
+    retries, backoff = retry
     for task in batch:
-        try:
-            fn(workerlocal, task)
-        except BaseException as exc:  # noqa: BLE001 - the consumer re-raises non-Exceptions
-            task.error = exc
+        attempt = 0
+        while True:
+            try:
+                fn(workerlocal, task)
+            except Exception as exc:
+                if attempt < retries:
+                    attempt += 1
+                    task.output = None
+                    if backoff:
+                        time.sleep(backoff)
+                    continue
+                task.error = exc
+            except BaseException as exc:  # noqa: BLE001 - the consumer re-raises it in place
+                task.error = exc
+            break
+
+
+class Retrying:
+    """``fn(item)`` retried on ``Exception`` (for map); picklable for the process backend."""
+
+    __slots__ = ("fn", "retries", "backoff")
+
+    def __init__(self, fn: Callable[[Any], Any], retry: Retry) -> None:
+        self.fn = fn
+        self.retries, self.backoff = retry
+
+    def __call__(self, item: Any) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self.fn(item)
+            except Exception:
+                if attempt >= self.retries:
+                    raise
+                attempt += 1
+                if self.backoff:
+                    time.sleep(self.backoff)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Retrying, (self.fn, (self.retries, self.backoff)))
 
 
 class ThreadBackend:
     """Runs ``fn`` on the engine's own worker threads; ``workerlocal`` is per thread."""
 
-    def __init__(self, fn: WorkerFn, worker_init: WorkerInit | None) -> None:
+    batch_seconds = 0.002
+
+    def __init__(self, fn: WorkerFn, worker_init: WorkerInit | None, retry: Retry) -> None:
         self.fn = fn
         self.worker_init = worker_init
+        self.retry = retry
 
     def start_worker(self) -> dict[str, Any]:
         workerlocal: dict[str, Any] = {}
@@ -50,7 +111,7 @@ class ThreadBackend:
         return workerlocal
 
     def run_batch(self, state: dict[str, Any], batch: list[Task]) -> None:
-        run_tasks(self.fn, state, batch)
+        run_tasks(self.fn, state, batch, self.retry)
 
     def stop_worker(self, state: dict[str, Any]) -> None:
         pass
@@ -65,7 +126,8 @@ _local = threading.local()  # per executor-worker thread (and process): pool tok
 
 
 def run_on_executor(
-    token: str, fn: WorkerFn, worker_init: WorkerInit | None, items: list[tuple[int, Any]]
+    token: str, fn: WorkerFn, worker_init: WorkerInit | None, retry: Retry,
+    items: list[tuple[int, Any]],
 ) -> list[tuple[Any, BaseException | None]]:
     """Runs inside the executor: one batch, with a ``workerlocal`` kept per worker and pool."""
     workerlocals = getattr(_local, "workerlocals", None)
@@ -78,17 +140,21 @@ def run_on_executor(
             worker_init(workerlocal)
         workerlocals[token] = workerlocal
     tasks = [Task(index, value) for index, value in items]
-    run_tasks(fn, workerlocal, tasks)
+    run_tasks(fn, workerlocal, tasks, retry)
     return [(task.output, task.error) for task in tasks]
 
 
 class ExecutorBackend:
     """Submits each batch to an Executor; ``workers`` batches are in flight at most."""
 
-    def __init__(self, executor: Executor, fn: WorkerFn, worker_init: WorkerInit | None) -> None:
+    batch_seconds = 0.05  # a submit round trip costs ~1 ms on dask
+
+    def __init__(self, executor: Executor, fn: WorkerFn, worker_init: WorkerInit | None,
+                 retry: Retry) -> None:
         self.executor = executor
         self.fn = fn
         self.worker_init = worker_init
+        self.retry = retry
         self.token = f"orderedtask-{id(self):x}-{threading.get_ident():x}"
 
     def start_worker(self) -> None:
@@ -98,7 +164,7 @@ class ExecutorBackend:
         items = [(task.index, task.input) for task in batch]
         try:
             future = self.executor.submit(run_on_executor, self.token, self.fn,
-                                          self.worker_init, items)
+                                          self.worker_init, self.retry, items)
             results = future.result()
         except Exception as exc:  # noqa: BLE001 - the executor failed this batch: fail its tasks
             for task in batch:
@@ -123,15 +189,15 @@ def check_picklable(what: str, obj: object) -> None:
 
 
 def make_backend(
-    backend: object, fn: WorkerFn, worker_init: WorkerInit | None, workers: int
+    backend: object, fn: WorkerFn, worker_init: WorkerInit | None, retry: Retry = NO_RETRY
 ) -> Backend:
     if backend == "thread":
-        return ThreadBackend(fn, worker_init)
+        return ThreadBackend(fn, worker_init, retry)
     if backend == "process":
         from ._process import ProcessBackend
 
-        return ProcessBackend(fn, worker_init)
+        return ProcessBackend(fn, worker_init, retry)
     if isinstance(backend, Executor):
-        return ExecutorBackend(backend, fn, worker_init)
+        return ExecutorBackend(backend, fn, worker_init, retry)
     message = f"backend must be 'thread', 'process' or a concurrent.futures.Executor, not {backend!r}"
     raise (ValueError if isinstance(backend, str) else TypeError)(message)

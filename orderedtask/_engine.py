@@ -9,19 +9,16 @@ task at once. A lone task is never held back: workers take whatever is queued.
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from time import monotonic, perf_counter
 from typing import Any
 
 from ._backends import Backend
 from ._compat import ReorderBuffer
+from ._dispatch import FifoQueue, KeyedQueue
 from ._errors import PoolClosed, WorkerInitError
 from ._task import Task
 
-# A worker's batch aims at about this much work, so that hand-off stays a small fraction of it
-# while slow tasks still spread over every worker.
-TARGET_BATCH_SECONDS = 0.002
 MAX_BATCH = 4096
 
 
@@ -60,20 +57,23 @@ class Engine:
         window: int,
         name: str,
         weight_of: Callable[[Task], int] | None = None,
+        key: Callable[[Task], Hashable] | None = None,
     ) -> None:
         self.workers = workers
         self.window = window
         self.backend = backend
         self.weight_of = weight_of
+        self.key = key
         # lock guards every attribute below; the three conditions share it.
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
         self.space_free = threading.Condition(self.lock)
         self.results_ready = threading.Condition(self.lock)
         self.buffer = ReorderBuffer()
-        self.queue: deque[Task] = deque()  # accepted, not yet taken by a worker
+        self.queue = FifoQueue() if key is None else KeyedQueue()  # accepted, not yet taken
         self.ready: list[Task] = []  # released in order, not yet taken by the consumer
         self.outstanding = 0  # weight accepted and not yet handed to the consumer
+        self.running = 0  # tasks taken by workers and not yet finished
         self.closed = False
         self.stopping = False  # terminate(): drop what is queued, workers leave
         self.init_error: BaseException | None = None
@@ -81,12 +81,16 @@ class Engine:
         self.wakeups = 0  # notified workers that have not woken yet
         self.producers_waiting = 0
         self.consumer_waiting = False
+        self.waker: Callable[[], Any] | None = None  # an async consumer's wake-up, one-shot
         self.consumer: int | None = None  # thread id of the active results iterator
         self.live = workers
         self.max_batch = 1  # until a batch is measured, tasks may be slow: spread them out
         self.cost = 0.0  # seconds per unit of weight, moving average
+        self.started = monotonic()
+        self.progress_time = self.started  # last release, or arrival into an empty pool
         # Written by the consumer thread alone; read anywhere.
         self.watermark: int | None = None
+        self.yielded = 0
         self.threads = [
             threading.Thread(target=self._worker_main, name=f"{name}-worker-{i}", daemon=True)
             for i in range(workers)
@@ -104,12 +108,15 @@ class Engine:
 
     def put(self, task: Task, weight: int = 1, timeout: float | None = None) -> None:
         """Accept ``task``; wait while the window is full. Raises before any change on error."""
+        key = None if self.key is None else self.key(task)
         with self.lock:
             self._check_open()
             if self.outstanding and self.outstanding + weight > self.window:
                 self._wait_for_space(weight, timeout)
             self.buffer.accept(task.index)
-            self.queue.append(task)
+            if not self.outstanding:
+                self.progress_time = monotonic()
+            self.queue.put(task, key)
             self.outstanding += weight
             if self.idle > self.wakeups:
                 self.wakeups += 1
@@ -154,30 +161,37 @@ class Engine:
             finally:
                 self._worker_exit()
 
-    def _work(self, state: Any) -> None:
-        lock, queue, run_batch, buffer = self.lock, self.queue, self.backend.run_batch, self.buffer
+    def _take(self) -> list[Task] | None:
+        """Wait for work and take a batch (lock held); None when the worker should exit."""
+        queue = self.queue
         while True:
-            with lock:
-                while not queue:
-                    if self.closed:
-                        return
-                    self.idle += 1
-                    self.work_ready.wait()
-                    self.idle -= 1
-                    if self.wakeups:
-                        self.wakeups -= 1
-                if self.stopping:
-                    return
-                share = -(-len(queue) // self.workers)
-                count = share if share < self.max_batch else self.max_batch
-                if count >= len(queue):
-                    batch = list(queue)
-                    queue.clear()
-                else:
-                    batch = [queue.popleft() for _ in range(count)]
-                if queue and self.idle > self.wakeups:
+            while not queue.available():
+                # Parked (keyed) tasks become available when the batch holding their key ends.
+                if self.stopping or (self.closed and not queue.waiting()):
+                    return None
+                self.idle += 1
+                self.work_ready.wait()
+                self.idle -= 1
+                if self.wakeups:
+                    self.wakeups -= 1
+            if self.stopping:
+                return None
+            share = -(-queue.available() // self.workers)
+            batch = queue.take(share if share < self.max_batch else self.max_batch)
+            if batch:
+                self.running += len(batch)
+                if queue.available() and self.idle > self.wakeups:
                     self.wakeups += 1
                     self.work_ready.notify()
+                return batch
+
+    def _work(self, state: Any) -> None:
+        lock, run_batch, buffer = self.lock, self.backend.run_batch, self.buffer
+        while True:
+            with lock:
+                batch = self._take()
+                if batch is None:
+                    return
             started = perf_counter()
             broken = None
             try:
@@ -191,21 +205,35 @@ class Engine:
                 finish = buffer.finish
                 for task in batch:
                     finish(task.index, task)
+                self.running -= len(batch)
+                if self.queue.done(batch) and self.idle > self.wakeups:
+                    self.wakeups += 1
+                    self.work_ready.notify()
                 released = buffer.release()
                 if released:
                     self.ready.extend(released)
-                    if self.consumer_waiting:
-                        self.results_ready.notify()
+                    self.progress_time = monotonic()
+                    self._wake_consumer()
                 self._learn_cost(batch, elapsed)
             if broken is not None:
                 raise broken
+
+    def _wake_consumer(self) -> None:
+        if self.consumer_waiting:
+            self.results_ready.notify()
+        if self.waker is not None:
+            waker, self.waker = self.waker, None
+            waker()
 
     def _learn_cost(self, batch: list[Task], elapsed: float) -> None:
         weight = len(batch) if self.weight_of is None else sum(map(self.weight_of, batch))
         if weight:
             self.cost = 0.8 * self.cost + 0.2 * (elapsed / weight) if self.cost else elapsed / weight
             per_task = self.cost if self.weight_of is None else elapsed / len(batch)
-            self.max_batch = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_task, 1e-9))))
+            # A batch aims at the backend's batch_seconds of work: hand-off stays a small part
+            # of it while slow tasks still spread over every worker.
+            target = self.backend.batch_seconds / max(per_task, 1e-9)
+            self.max_batch = max(1, min(MAX_BATCH, int(target)))
 
     def _fail_init(self, exc: BaseException) -> None:
         # Every task that no worker has taken fails with the init error, in its place.
@@ -215,8 +243,7 @@ class Engine:
             self.closed = True
             error = WorkerInitError(f"worker_init failed: {exc!r}")
             error.__cause__ = exc
-            while self.queue:
-                task = self.queue.popleft()
+            for task in self.queue.remove_all():
                 task.error = error
                 self.buffer.finish(task.index, task)
             self.ready.extend(self.buffer.release())
@@ -226,49 +253,74 @@ class Engine:
         with self.lock:
             self.live -= 1
             if not self.live:
-                self.results_ready.notify_all()
+                self._notify_all()
 
     # -- consumer side -----------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Become the one consumer (raises RuntimeError if another is active)."""
+        with self.lock:
+            if self.consumer is not None:
+                raise RuntimeError("results() is already being iterated by another consumer")
+            self.consumer = threading.get_ident()
+
+    def unclaim(self, completed: bool) -> None:
+        with self.lock:
+            self.consumer = None
+            self.waker = None
+        if not completed:
+            self.terminate()
+
+    def next_batch(self, handed: int, waker: Callable[[], Any] | None = None) -> list[Task] | None:
+        """Return the next released tasks, in order; None once everything has been yielded.
+
+        ``handed`` is the weight the consumer took last time (it frees the window). Blocks
+        while nothing is ready; with ``waker``, returns [] instead and calls ``waker`` (from
+        another thread) once something may be ready.
+        """
+        with self.lock:
+            if handed:
+                self.outstanding -= handed
+                if self.producers_waiting:
+                    self.space_free.notify_all()
+            while not self.ready:
+                if self.stopping or (self.closed and not len(self.buffer)):
+                    return None
+                if not self.live and len(self.buffer):
+                    raise RuntimeError("every worker exited with tasks unfinished")
+                if waker is not None:
+                    self.waker = waker
+                    return []
+                self.consumer_waiting = True
+                try:
+                    self.results_ready.wait()
+                finally:
+                    self.consumer_waiting = False
+            batch = self.ready
+            self.ready = []
+            return batch
+
+    def weigh(self, batch: list[Task]) -> int:
+        return len(batch) if self.weight_of is None else sum(map(self.weight_of, batch))
 
     def batches(self) -> Iterator[list[Task]]:
         """Yield released tasks in order, a batch at a time; one consumer at a time.
 
         Leaving early (close, exception, garbage collection) terminates the engine.
         """
-        with self.lock:
-            if self.consumer is not None:
-                raise RuntimeError("results() is already being iterated by another consumer")
-            self.consumer = threading.get_ident()
+        self.claim()
         handed = 0
         completed = False
         try:
             while True:
-                with self.lock:
-                    if handed:
-                        self.outstanding -= handed
-                        handed = 0
-                        if self.producers_waiting:
-                            self.space_free.notify_all()
-                    while not self.ready:
-                        if self.stopping or (self.closed and not len(self.buffer)):
-                            completed = True
-                            return
-                        if not self.live and not self.queue and len(self.buffer):
-                            raise RuntimeError("every worker exited with tasks unfinished")
-                        self.consumer_waiting = True
-                        try:
-                            self.results_ready.wait()
-                        finally:
-                            self.consumer_waiting = False
-                    batch = self.ready
-                    self.ready = []
-                handed = len(batch) if self.weight_of is None else sum(map(self.weight_of, batch))
+                batch = self.next_batch(handed)
+                if batch is None:
+                    completed = True
+                    return
+                handed = self.weigh(batch)
                 yield batch
         finally:
-            with self.lock:
-                self.consumer = None
-            if not completed:
-                self.terminate()
+            self.unclaim(completed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -277,6 +329,9 @@ class Engine:
         self.work_ready.notify_all()
         self.space_free.notify_all()
         self.results_ready.notify_all()
+        if self.waker is not None:
+            waker, self.waker = self.waker, None
+            waker()
 
     def close(self) -> None:
         with self.lock:
@@ -287,7 +342,7 @@ class Engine:
         with self.lock:
             self.closed = True
             self.stopping = True
-            self.queue.clear()
+            self.queue.remove_all()
             self.ready = []
             self.buffer.clear()
             self._notify_all()
@@ -304,12 +359,24 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
+            now = monotonic()
+            pending = len(self.buffer)
+            head_blocked = pending and not self.ready
+            elapsed = now - self.started
             return {
                 "accepted": self.buffer.accepted,
-                "queued": len(self.queue),
-                "pending": len(self.buffer),
+                "completed": self.buffer.finished,
+                "yielded": self.yielded,
+                "queued": self.queue.waiting(),
+                "in_flight": self.running,
+                "reorder_depth": self.buffer.ready,
+                "pending": pending,
                 "ready": len(self.ready),
                 "outstanding": self.outstanding,
+                "window": self.window,
+                "head": self.buffer.head,
+                "head_wait_seconds": now - self.progress_time if head_blocked else 0.0,
+                "throughput_per_second": self.yielded / elapsed if elapsed > 0 else 0.0,
                 "watermark": self.watermark,
                 "closed": self.closed,
             }

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import operator
 import os
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from contextlib import closing
 from itertools import islice
 from time import perf_counter
 from typing import Any, TypeVar
 
-from ._backends import Backend, make_backend
+from ._backends import Retrying, check_retries, make_backend
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._errors import PoolClosed
 from ._task import Task
@@ -22,8 +25,7 @@ R = TypeVar("R")
 
 #: Default window of ``map``, in items pulled from the iterable and not yet yielded.
 DEFAULT_MAP_WINDOW = 16384
-# A chunk aims at about this much work; chunks stay small while the cost is unknown.
-TARGET_CHUNK_SECONDS = 0.001
+# A chunk aims at half a backend batch of work; chunks stay small while the cost is unknown.
 MAX_CHUNK = 1024
 UNMEASURED_CHUNK = 8
 # A pull from the iterable slower than this means a slow source: send items on one by one.
@@ -56,6 +58,23 @@ class ChunkRunner:
         return (ChunkRunner, (self.fn,))
 
 
+def _engine_for(
+    fn: Callable[[Any], Any], workers: int | None, window: int | None, backend: object,
+    retries: int, retry_backoff: float,
+) -> Callable[[], Engine]:
+    """Validate map's arguments now; return what builds its engine on first use."""
+    check_callable("fn", fn)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    check_workers(workers)
+    window = check_window(window, DEFAULT_MAP_WINDOW)
+    retry = check_retries(retries, retry_backoff)
+    runner = ChunkRunner(Retrying(fn, retry) if retry[0] else fn)
+    chunk_backend = make_backend(backend, runner, None)
+    count = workers
+    return lambda: Engine(count, chunk_backend, window, "orderedtask-map", _chunk_items)
+
+
 def map(
     fn: Callable[[T], R],
     iterable: Iterable[T],
@@ -63,37 +82,124 @@ def map(
     workers: int | None = None,
     window: int | None = None,
     backend: str | Executor = "thread",
+    retries: int = 0,
+    retry_backoff: float = 0.0,
+    progress: bool = False,
 ) -> Iterator[R]:
     """Yield ``fn(item)`` for each item, in input order, computed on ``workers`` threads.
 
     The iterable is consumed lazily (endless generators work): at most ``window`` items are
     pulled and not yet yielded. An exception from ``fn`` (or from the iterable) is raised at
     that item's position, after the results before it; the work then stops.
-    ``workers`` defaults to ``os.cpu_count()``.
+    ``workers`` defaults to ``os.cpu_count()``. ``retries``/``retry_backoff`` retry an item
+    whose ``fn`` raised an ``Exception``; ``progress=True`` shows a tqdm bar on stderr.
     """
-    check_callable("fn", fn)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    check_workers(workers)
-    window = check_window(window, DEFAULT_MAP_WINDOW)
-    runner = make_backend(backend, ChunkRunner(fn), None, workers)
-    return _results(runner, iter(iterable), workers, window)
+    make_engine = _engine_for(fn, workers, window, backend, retries, retry_backoff)
+    source = iter(iterable)
+    total = operator.length_hint(iterable, -1)
+    return _results(make_engine, source, _progress_bar(progress, total))
 
 
-def _results(backend: Backend, source: Iterator[Any], workers: int, window: int
+def _progress_bar(progress: bool, total: int) -> Any:
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total if total >= 0 else None, unit="item", dynamic_ncols=True,
+                desc="orderedtask.map", file=sys.stderr)
+
+
+def _results(make_engine: Callable[[], Engine], source: Iterator[Any], bar: Any
              ) -> Iterator[Any]:
     # Threads start on the first next(): a map object that is never iterated costs nothing.
-    engine = Engine(workers, backend, window, "orderedtask-map", _chunk_items)
+    engine = make_engine()
     feeder = threading.Thread(
         target=_feed, args=(engine, source), name="orderedtask-map-feeder", daemon=True
     )
     feeder.start()
-    with closing(engine.batches()) as batches:
-        for batch in batches:
+    try:
+        with closing(engine.batches()) as batches:
+            for batch in batches:
+                for chunk in batch:
+                    out = chunk.output
+                    engine.yielded += len(out)
+                    yield from out
+                    if chunk.error is not None:
+                        raise chunk.error
+                if bar is not None:
+                    bar.update(sum(len(chunk.output) for chunk in batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def amap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T] | AsyncIterable[T],
+    *,
+    workers: int | None = None,
+    window: int | None = None,
+    backend: str | Executor = "thread",
+    retries: int = 0,
+    retry_backoff: float = 0.0,
+) -> AsyncIterator[R]:
+    """``map`` for asyncio: ``async for result in amap(fn, items)``; never blocks the loop.
+
+    ``iterable`` may be a plain or an async iterable; ``fn`` runs on the workers as in ``map``.
+    """
+    make_engine = _engine_for(fn, workers, window, backend, retries, retry_backoff)
+    return _aresults(make_engine, iterable)
+
+
+async def _aresults(make_engine: Callable[[], Engine],
+                    iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    if isinstance(iterable, AsyncIterable):
+        source: Iterator[Any] = _pull_from_loop(iterable, loop)
+    else:
+        source = iter(iterable)
+    engine = make_engine()
+    threading.Thread(target=_feed, args=(engine, source), name="orderedtask-amap-feeder",
+                     daemon=True).start()
+    engine.claim()
+    completed = False
+    handed = 0
+    try:
+        while True:
+            wake = asyncio.Event()
+            batch = engine.next_batch(handed, waker=lambda: loop.call_soon_threadsafe(wake.set))
+            handed = 0
+            if batch is None:
+                completed = True
+                return
+            if not batch:
+                await wake.wait()
+                continue
+            handed = engine.weigh(batch)
             for chunk in batch:
-                yield from chunk.output
+                out = chunk.output
+                engine.yielded += len(out)
+                for item in out:
+                    yield item
                 if chunk.error is not None:
                     raise chunk.error
+    finally:
+        engine.unclaim(completed)
+
+
+def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop
+                    ) -> Iterator[Any]:
+    """Iterate an async iterable from the feeder thread, each step run on the event loop."""
+    iterator = aiter(iterable)
+
+    async def step() -> Any:
+        return await anext(iterator)
+
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(step(), loop).result()
+        except StopAsyncIteration:
+            return
 
 
 def _feed(engine: Engine, source: Iterator[Any]) -> None:
@@ -136,5 +242,5 @@ def _next_chunk_size(engine: Engine, size: int, took: float) -> int:
         # spread over every worker until the first measurement arrives.
         cap = min(cap, UNMEASURED_CHUNK)
     else:
-        cap = min(cap, int(TARGET_CHUNK_SECONDS / cost))
+        cap = min(cap, int(engine.backend.batch_seconds / 2 / cost))
     return max(1, min(size * 2, cap))

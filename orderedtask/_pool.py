@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor
 from contextlib import closing
 from types import TracebackType
 from typing import Any
 
-from ._backends import make_backend
+from ._backends import check_retries, make_backend
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._task import Task
 
@@ -19,6 +20,30 @@ from ._task import Task
 DEFAULT_WINDOW = 4096
 
 WorkerFn = Callable[[dict[str, Any], Task], Any]
+
+
+def _raise_fatal(engine: Engine, task: Task) -> None:
+    error = task.error
+    if error is not None and not isinstance(error, Exception):
+        engine.terminate()
+        raise error
+
+
+async def _async_batches(engine: Engine) -> AsyncIterator[list[Task]]:
+    """Released batches, awaited without blocking the loop (the caller holds the claim)."""
+    loop = asyncio.get_running_loop()
+    handed = 0
+    while True:
+        wake = asyncio.Event()
+        batch = engine.next_batch(handed, waker=lambda: loop.call_soon_threadsafe(wake.set))
+        handed = 0
+        if batch is None:
+            return
+        if not batch:
+            await wake.wait()
+            continue
+        handed = engine.weigh(batch)
+        yield batch
 
 
 class Pool:
@@ -38,13 +63,19 @@ class Pool:
         window: int | None = None,
         worker_init: Callable[[dict[str, Any]], Any] | None = None,
         backend: str | Executor = "thread",
+        key: Callable[[Task], Hashable] | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> None:
         check_workers(workers)
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
+        check_callable("key", key, optional=True)
         window = check_window(window, DEFAULT_WINDOW)
+        retry = check_retries(retries, retry_backoff)
         self._engine = Engine(
-            workers, make_backend(backend, fn, worker_init, workers), window, "orderedtask"
+            workers, make_backend(backend, fn, worker_init, retry), window, "orderedtask",
+            key=key,
         )
         # Workers reference the engine only, so an unreachable pool is collected and stops them.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
@@ -104,12 +135,30 @@ class Pool:
         with closing(engine.batches()) as batches:
             for batch in batches:
                 for task in batch:
-                    error = task.error
-                    if error is not None and not isinstance(error, Exception):
-                        engine.terminate()
-                        raise error
+                    _raise_fatal(engine, task)
                     engine.watermark = task.index
+                    engine.yielded += 1
                     yield task
+
+    async def aresults(self) -> AsyncIterator[Task]:
+        """``results()`` for asyncio: ``async for task in pool.aresults()``.
+
+        Never blocks the event loop: it waits for released tasks through a wake-up that the
+        workers schedule on the loop.
+        """
+        engine = self._engine
+        engine.claim()
+        completed = False
+        try:
+            async for batch in _async_batches(engine):
+                for task in batch:
+                    _raise_fatal(engine, task)
+                    engine.watermark = task.index
+                    engine.yielded += 1
+                    yield task
+            completed = True
+        finally:
+            engine.unclaim(completed)
 
     def close(self) -> None:
         """Stop accepting tasks; those accepted still run and are yielded. Idempotent."""
