@@ -18,7 +18,8 @@ import threading
 import time
 
 import orderedtask
-from orderedtask._demo import gil_enabled, make_messages
+from orderedtask._compat import gil_enabled
+from orderedtask._demo import make_messages
 
 ROUNDS = 40  # transform loop length per round; calibrated to --transform-us
 

@@ -23,4 +23,12 @@ else:
     else:
         IMPLEMENTATION = "c"
 
-__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "ReorderBuffer"]
+
+
+def gil_enabled() -> bool:
+    """True unless this is a free-threaded interpreter running with the GIL off."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "ReorderBuffer", "gil_enabled"]

@@ -13,13 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import IMPLEMENTATION, Pool, Task
+from ._compat import gil_enabled
 from . import map as ordered_map
-
-
-def gil_enabled() -> bool:
-    """True unless this is a free-threaded interpreter running with the GIL off."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
 
 
 def pick_decoder(name: str) -> tuple[str, Callable[[bytes], Any]]:

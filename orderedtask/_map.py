@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from contextlib import closing
+from functools import partial
 from itertools import islice
 from time import perf_counter
 from typing import Any, TypeVar
@@ -58,18 +59,48 @@ class ChunkRunner:
         return (ChunkRunner, (self.fn,))
 
 
+class TaskChunkRunner:
+    """Runs ``fn`` over a chunk of ``(index, input)`` pairs, one Task each; errors stay on it.
+
+    ``describe(index, input, error)``, if given, replaces an error with a more telling one.
+    """
+
+    __slots__ = ("fn", "describe")
+
+    def __init__(self, fn: Callable[[Any], Any],
+                 describe: Callable[[int, Any, Exception], Exception] | None = None) -> None:
+        self.fn = fn
+        self.describe = describe
+
+    def __call__(self, workerlocal: dict[str, Any], task: Task) -> None:
+        fn = self.fn
+        out: list[Task] = []
+        task.output = out
+        for index, value in task.input:
+            item = Task(index, value)
+            try:
+                item.output = fn(value)
+            except Exception as exc:  # noqa: BLE001 - kept on its task; others propagate
+                item.error = exc if self.describe is None else self.describe(index, value, exc)
+            out.append(item)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskChunkRunner, (self.fn, self.describe))
+
+
 def _engine_for(
-    fn: Callable[[Any], Any], workers: int | None, window: int | None, backend: object,
-    retries: int, retry_backoff: float,
+    make_runner: Callable[[Callable[[Any], Any]], Any], fn: Callable[[Any], Any],
+    workers: int | None, window: int | None, backend: object, retries: int,
+    retry_backoff: float,
 ) -> Callable[[], Engine]:
-    """Validate map's arguments now; return what builds its engine on first use."""
+    """Validate the arguments now; return what builds the engine on first use."""
     check_callable("fn", fn)
     if workers is None:
         workers = os.cpu_count() or 1
     check_workers(workers)
     window = check_window(window, DEFAULT_MAP_WINDOW)
     retry = check_retries(retries, retry_backoff)
-    runner = ChunkRunner(Retrying(fn, retry) if retry[0] else fn)
+    runner = make_runner(Retrying(fn, retry) if retry[0] else fn)
     chunk_backend = make_backend(backend, runner, None)
     count = workers
     return lambda: Engine(count, chunk_backend, window, "orderedtask-map", _chunk_items)
@@ -94,10 +125,38 @@ def map(
     ``workers`` defaults to ``os.cpu_count()``. ``retries``/``retry_backoff`` retry an item
     whose ``fn`` raised an ``Exception``; ``progress=True`` shows a tqdm bar on stderr.
     """
-    make_engine = _engine_for(fn, workers, window, backend, retries, retry_backoff)
+    make_engine = _engine_for(ChunkRunner, fn, workers, window, backend, retries, retry_backoff)
     source = iter(iterable)
     total = operator.length_hint(iterable, -1)
     return _results(make_engine, source, _progress_bar(progress, total))
+
+
+def map_tasks(
+    fn: Callable[[T], R],
+    iterable: Iterable[T] | Iterable[tuple[int, T]],
+    *,
+    indexed: bool = False,
+    workers: int | None = None,
+    window: int | None = None,
+    backend: str | Executor = "thread",
+    retries: int = 0,
+    retry_backoff: float = 0.0,
+    progress: bool = False,
+    describe_error: Callable[[int, Any, Exception], Exception] | None = None,
+) -> Iterator[Task]:
+    """Like ``map``, but yield a ``Task`` per item and keep each item's error on its task.
+
+    ``task.index`` is the item's position, or with ``indexed=True`` the iterable yields
+    ``(index, input)`` pairs and the index is kept (Kafka offsets). ``task.output`` is
+    ``fn(input)``; an ``Exception`` from ``fn`` is stored on ``task.error`` and the stream goes
+    on (``describe_error(index, input, error)`` may replace that error with a more telling
+    one). A ``BaseException`` that is not an ``Exception`` still stops the stream.
+    """
+    make_engine = _engine_for(partial(TaskChunkRunner, describe=describe_error), fn, workers,
+                              window, backend, retries, retry_backoff)
+    total = operator.length_hint(iterable, -1)
+    pairs = iter(iterable) if indexed else enumerate(iterable)
+    return _results(make_engine, pairs, _progress_bar(progress, total))
 
 
 def _progress_bar(progress: bool, total: int) -> Any:
@@ -147,7 +206,7 @@ def amap(
 
     ``iterable`` may be a plain or an async iterable; ``fn`` runs on the workers as in ``map``.
     """
-    make_engine = _engine_for(fn, workers, window, backend, retries, retry_backoff)
+    make_engine = _engine_for(ChunkRunner, fn, workers, window, backend, retries, retry_backoff)
     return _aresults(make_engine, iterable)
 
 
