@@ -118,9 +118,43 @@ class Engine:
                 self.progress_time = monotonic()
             self.queue.put(task, key)
             self.outstanding += weight
-            if self.idle > self.wakeups:
-                self.wakeups += 1
-                self.work_ready.notify()
+            self._wake_worker()
+
+    def put_many(self, tasks: list[Task], timeout: float | None = None) -> int:
+        """Accept tasks in order, a window's room at a time under one lock acquisition.
+
+        Returns how many were accepted; on an error the tasks before the bad one stay accepted.
+        """
+        keys = None if self.key is None else [self.key(task) for task in tasks]
+        done = 0
+        with self.lock:
+            try:
+                while done < len(tasks):
+                    self._check_open()
+                    if self.outstanding and self.outstanding >= self.window:
+                        self._wait_for_space(1, timeout)
+                    room = max(1, self.window - self.outstanding)
+                    if not self.outstanding:
+                        self.progress_time = monotonic()
+                    accept, put = self.buffer.accept, self.queue.put
+                    for task in tasks[done:done + room]:
+                        accept(task.index)
+                        put(task, None if keys is None else keys[done])
+                        self.outstanding += 1
+                        done += 1
+                    self._wake_worker()
+            finally:
+                if done:
+                    self._wake_worker()
+        return done
+
+    def _wake_worker(self) -> None:
+        # One wake-up per batch's worth of queued work: a woken worker takes up to max_batch
+        # tasks, so waking one per task would only make workers race for single tasks.
+        if self.idle > self.wakeups and (
+                not self.wakeups or self.queue.available() > self.wakeups * self.max_batch):
+            self.wakeups += 1
+            self.work_ready.notify()
 
     def _wait_for_space(self, weight: int, timeout: float | None) -> None:
         if self.consumer == threading.get_ident():
@@ -176,13 +210,13 @@ class Engine:
                     self.wakeups -= 1
             if self.stopping:
                 return None
-            share = -(-queue.available() // self.workers)
-            batch = queue.take(share if share < self.max_batch else self.max_batch)
+            # Take up to a measured batch at once (one wake-up, one lock round per batch);
+            # max_batch is sized to a few ms of work, which bounds the imbalance at the tail.
+            batch = queue.take(self.max_batch)
             if batch:
                 self.running += len(batch)
-                if queue.available() and self.idle > self.wakeups:
-                    self.wakeups += 1
-                    self.work_ready.notify()
+                if queue.available():
+                    self._wake_worker()
                 return batch
 
     def _work(self, state: Any) -> None:
@@ -206,9 +240,8 @@ class Engine:
                 for task in batch:
                     finish(task.index, task)
                 self.running -= len(batch)
-                if self.queue.done(batch) and self.idle > self.wakeups:
-                    self.wakeups += 1
-                    self.work_ready.notify()
+                if self.queue.done(batch):
+                    self._wake_worker()
                 released = buffer.release()
                 if released:
                     self.ready.extend(released)

@@ -111,8 +111,18 @@ class Pool:
     def enqueue_many(self, tasks: Iterable[Task], timeout: float | None = None) -> int:
         """Enqueue each task in turn; return how many were accepted.
 
-        On an error, the tasks before the bad one stay accepted and the error is raised.
+        A list or tuple is accepted a window's room at a time under one lock acquisition
+        (much cheaper per task than ``enqueue``); other iterables are consumed one task at a
+        time, so a slow iterable never holds tasks back. On an error, the tasks before the bad
+        one stay accepted and the error is raised.
         """
+        if isinstance(tasks, (list, tuple)):
+            for position, task in enumerate(tasks):
+                if not isinstance(task, Task):
+                    self._engine.put_many(list(tasks[:position]), timeout)
+                    raise TypeError(
+                        f"enqueue_many() takes orderedtask.Task items, not {type(task).__name__}")
+            return self._engine.put_many(list(tasks), timeout)
         put = self._engine.put
         count = 0
         for task in tasks:

@@ -1,0 +1,38 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import pytest
+
+# Same rule as orderedtask._compat: any non-empty value selects the pure-Python core.
+NO_EXTENSIONS = bool(os.environ.get("ORDEREDTASK_NO_EXTENSIONS"))
+
+
+def load_twin(name: str) -> type:
+    """The ReorderBuffer class of one twin: "c" (compiled) or "py" (the specification)."""
+    if name == "c":
+        # No skip on ImportError: a missing build must fail loudly, not vanish.
+        from orderedtask._heapcore import ReorderBuffer
+    else:
+        from orderedtask._heapcore_py import ReorderBuffer
+    return ReorderBuffer
+
+
+def collect_until_error(iterable: Iterable) -> tuple[list, BaseException | None]:
+    """Everything ``iterable`` yields, and what it raised at the end (or None)."""
+    got = []
+    try:
+        for item in iterable:
+            got.append(item)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test
+        return got, exc
+    return got, None
+
+
+def bad_call(override: dict, error: type[BaseException], match: str):
+    """A parametrize case for a call made with ``override`` on top of good arguments."""
+    name = ",".join(f"{key}={value!r}" for key, value in override.items())
+    return pytest.param(override, error, match, id=name)
