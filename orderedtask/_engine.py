@@ -110,15 +110,19 @@ class Engine:
         """Accept ``task``; wait while the window is full. Raises before any change on error."""
         key = None if self.key is None else self.key(task)
         with self.lock:
-            self._check_open()
-            if self.outstanding and self.outstanding + weight > self.window:
+            if self.closed:
+                self._check_open()
+            outstanding = self.outstanding
+            if outstanding and outstanding + weight > self.window:
                 self._wait_for_space(weight, timeout)
+                outstanding = self.outstanding
             self.buffer.accept(task.index)
-            if not self.outstanding:
+            if not outstanding:
                 self.progress_time = monotonic()
             self.queue.put(task, key)
-            self.outstanding += weight
-            self._wake_worker()
+            self.outstanding = outstanding + weight
+            if self.idle > self.wakeups:
+                self._wake_worker()
 
     def put_many(self, tasks: list[Task], timeout: float | None = None) -> int:
         """Accept tasks in order, a window's room at a time under one lock acquisition.

@@ -104,8 +104,8 @@ class Pool:
         unchanged), ``TimeoutError`` when ``timeout`` seconds pass with the window full,
         ``PoolClosed`` after ``close()``. Safe to call from several threads.
         """
-        if not isinstance(task, Task):
-            raise TypeError(f"enqueue() takes a orderedtask.Task, not {type(task).__name__}")
+        if type(task) is not Task and not isinstance(task, Task):
+            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
         self._engine.put(task, 1, timeout)
 
     def enqueue_many(self, tasks: Iterable[Task], timeout: float | None = None) -> int:

@@ -309,7 +309,7 @@ def test_properties():
 @pytest.mark.parametrize("thing", [5, None, (0, 1), "task"])
 def test_enqueue_rejects_non_tasks(thing):
     with Pool(1, double) as pool:
-        with pytest.raises(TypeError, match="takes a orderedtask.Task"):
+        with pytest.raises(TypeError, match="takes an orderedtask.Task"):
             pool.enqueue(thing)
         assert pool.stats()["accepted"] == 0
 
