@@ -14,10 +14,10 @@ from ._backends import check_retries, make_backend
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._task import Task
 
-#: Default window: tasks accepted but not yet consumed. Chosen by measurement (README,
-#: "Choosing the window"): per-task cost stops falling beyond ~1,000 on tiny tasks, and a
-#: few thousand tasks of any sane size stay well under a few MB.
-DEFAULT_WINDOW = 4096
+#: Default window: tasks accepted but not yet consumed. Measured (benchmarks/window.py, README
+#: "Choosing the window"): 256-1,024 is fastest on small tasks, and enough to keep 12+
+#: workers busy on 1 ms tasks; larger windows only hold more results in memory.
+DEFAULT_WINDOW = 1024
 
 WorkerFn = Callable[[dict[str, Any], Task], Any]
 

@@ -1,0 +1,85 @@
+"""How the window size changes throughput: the measurement behind the default windows.
+
+    python benchmarks/window.py [--items N] [--repeat R]
+
+For Pool (one Task per item, per-task enqueue from a producer thread) and map, on three
+workloads: a no-op, orjson.loads of ~200-byte messages (holds the GIL), and time.sleep(1 ms)
+(releases it, 12 workers); prints the speed-up against a plain loop for each window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import orderedtask
+from orderedtask._demo import make_messages
+
+WINDOWS = [256, 1024, 2048, 4096, 16384]
+
+
+def pool_run(fn, items, workers: int, window: int) -> float:
+    def work(workerlocal, task):
+        task.output = fn(task.input)
+
+    started = time.perf_counter()
+    with orderedtask.Pool(workers, work, window=window) as pool:
+        def produce():
+            for i, item in enumerate(items):
+                pool.enqueue(orderedtask.Task(i, item))
+            pool.close()
+        producer = threading.Thread(target=produce)
+        producer.start()
+        count = sum(1 for _ in pool.results())
+        producer.join()
+    assert count == len(items)
+    return time.perf_counter() - started
+
+
+def map_run(fn, items, workers: int, window: int) -> float:
+    started = time.perf_counter()
+    count = sum(1 for _ in orderedtask.map(fn, items, workers=workers, window=window))
+    assert count == len(items)
+    return time.perf_counter() - started
+
+
+def loop_run(fn, items) -> float:
+    started = time.perf_counter()
+    for item in items:
+        fn(item)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        import orjson
+        loads = orjson.loads
+    except ImportError:
+        loads = json.loads
+    bodies = [body for _, body in make_messages(args.items)]
+    workloads = [
+        ("no-op", lambda x: x, list(range(args.items)), 2),
+        ("decode", loads, bodies, 2),
+        ("sleep 1 ms", lambda x: time.sleep(0.001), list(range(2000)), 12),
+    ]
+    print(f"core {orderedtask.IMPLEMENTATION}; speed-up vs plain loop, best of {args.repeat}")
+    print(f"{'workload':12} {'api':5} " + " ".join(f"{w:>7}" for w in WINDOWS))
+    for name, fn, items, workers in workloads:
+        base = min(loop_run(fn, items) for _ in range(args.repeat))
+        for api, run in (("Pool", pool_run), ("map", map_run)):
+            cells = []
+            for window in WINDOWS:
+                best = min(run(fn, items, workers, window) for _ in range(args.repeat))
+                cells.append(f"{base / best:6.2f}x")
+            print(f"{name:12} {api:5} " + " ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
