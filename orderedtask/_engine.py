@@ -230,6 +230,7 @@ class Engine:
                 batch = self._take()
                 if batch is None:
                     return
+            indices = [task.index for task in batch]  # fn may not move a task elsewhere
             started = perf_counter()
             broken = None
             try:
@@ -241,8 +242,9 @@ class Engine:
                 if self.stopping:
                     return
                 finish = buffer.finish
-                for task in batch:
-                    finish(task.index, task)
+                for task, index in zip(batch, indices):
+                    task.index = index
+                    finish(index, task)
                 self.running -= len(batch)
                 if self.queue.done(batch):
                     self._wake_worker()
