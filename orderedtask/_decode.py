@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -28,28 +29,28 @@ class DecodeError(ValueError):
                f"it starts {self.head!r}"
 
 
-def _loads_for(decoder: str | Callable[[bytes], Any], type: Any) -> Callable[[bytes], Any]:
-    if type is not None:
-        return TypedDecoder(type)
-    if callable(decoder):
-        return decoder
+def pick_decoder(decoder: str) -> tuple[str, Callable[[bytes], Any]]:
+    """Return ``(name, loads)`` for a decoder name; ``auto`` keeps the GIL off on 3.13t."""
     if decoder == "auto":
-        decoder = "orjson" if gil_enabled() else "json"
-        if decoder == "orjson":
-            try:
-                import orjson  # noqa: F401
-            except ImportError:
-                decoder = "json"
+        decoder = "orjson" if gil_enabled() and find_spec("orjson") is not None else "json"
     if decoder == "orjson":
         try:
             import orjson
         except ImportError as exc:
             raise ImportError("decoder='orjson' needs orjson: pip install 'orderedtask[json]'"
                               ) from exc
-        return orjson.loads
+        return "orjson", orjson.loads
     if decoder == "json":
-        return json.loads
+        return "json", json.loads
     raise ValueError(f"decoder must be 'auto', 'orjson', 'json' or a callable, not {decoder!r}")
+
+
+def _loads_for(decoder: str | Callable[[bytes], Any], type: Any) -> Callable[[bytes], Any]:
+    if type is not None:
+        return TypedDecoder(type)
+    if callable(decoder):
+        return decoder
+    return pick_decoder(decoder)[1]
 
 
 class TypedDecoder:

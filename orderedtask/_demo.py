@@ -9,28 +9,12 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import IMPLEMENTATION, Pool, Task
 from ._compat import gil_enabled
+from ._decode import pick_decoder
 from . import map as ordered_map
-
-
-def pick_decoder(name: str) -> tuple[str, Callable[[bytes], Any]]:
-    """Return (name, loads). ``auto`` keeps the GIL off on free-threaded builds."""
-    if name == "auto":
-        name = "orjson" if gil_enabled() else "json"
-        if name == "orjson":
-            try:
-                import orjson  # noqa: F401
-            except ImportError:
-                name = "json"
-    if name == "orjson":
-        import orjson
-
-        return "orjson", orjson.loads
-    return "json", json.loads
 
 
 def make_messages(count: int, seed: int = 7) -> list[tuple[int, bytes]]:
