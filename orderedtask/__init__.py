@@ -1,5 +1,6 @@
 """Ordered parallel processing: tasks go in with an index, results come out in index order."""
 
+from ._commit import OffsetCommitter
 from ._compat import IMPLEMENTATION
 from ._decode import DecodeError, decode
 from ._errors import PoolClosed, WorkerDied, WorkerInitError
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IMPLEMENTATION",
     "DecodeError",
+    "OffsetCommitter",
     "Pool",
     "PoolClosed",
     "Task",

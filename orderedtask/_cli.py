@@ -147,8 +147,9 @@ class LineReader:
 
     Read with ``os.read`` (no buffered-file lock: a read blocked on an idle pipe never stalls
     the interpreter's exit). ``buffered()`` says how many lines can be taken without blocking:
-    a hint for the feeder, so that it does not hold lines back in a chunk while waiting for
-    input that has not come yet (see the module notes on ``map_tasks`` in the report).
+    a hint with which a feeder can cap a chunk at the lines already there, so that none waits
+    in a half-filled chunk for input that has not come yet. (``map_tasks`` does not ask for
+    it yet: after a burst of input, its last few lines can wait for the next input.)
     """
 
     def __init__(self, fd: int, counters: Counters) -> None:
@@ -350,12 +351,13 @@ def make_parser() -> argparse.ArgumentParser:
                         help="the function to apply, e.g. mypkg.clean:fix_line (a module in "
                              "the current directory is found)")
     parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
-                        help="parallel workers (default: the CPU count, %(default)s)")
+                        metavar="N", help="parallel workers (default: the CPU count, %(default)s)")
     parser.add_argument("--backend", choices=["thread", "process"], default="thread",
                         help="thread (default) or process: one worker process each, for work "
                              "that holds the GIL")
-    parser.add_argument("--window", type=_positive_int, default=None,
-                        help="lines read and not yet written, at most (default: 16384)")
+    parser.add_argument("--window", type=_positive_int, default=None, metavar="W",
+                        help="at most W lines inside the pool at once: taken from the input "
+                             "and not yet handed on in order (default: 16384)")
     parser.add_argument("--input", default="-", metavar="FILE",
                         help="input file, '-' for stdin (default)")
     parser.add_argument("--output", default="-", metavar="FILE",

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import closing
 from functools import partial
 from itertools import islice
@@ -17,7 +18,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from ._backends import Retrying, check_retries, make_backend
-from ._engine import Engine, check_callable, check_window, check_workers
+from ._engine import Engine, async_batches, check_callable, check_window, check_workers
 from ._errors import PoolClosed
 from ._task import Task
 
@@ -33,6 +34,8 @@ MAX_CHUNK = 1024
 UNMEASURED_CHUNK = 8
 # A pull from the iterable slower than this means a slow source: send items on one by one.
 SLOW_SOURCE_SECONDS = 0.001
+# How often a feeder waiting on an async source checks whether the work was abandoned.
+PULL_CHECK_SECONDS = 0.05
 
 
 def _chunk_items(task: Task) -> int:
@@ -214,29 +217,17 @@ def amap(
 
 async def _aresults(make_engine: Callable[[], Engine],
                     iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    loop = asyncio.get_running_loop()
+    engine = make_engine()
     if isinstance(iterable, AsyncIterable):
-        source: Iterator[Any] = _pull_from_loop(iterable, loop)
+        source: Iterator[Any] = _pull_from_loop(iterable, asyncio.get_running_loop(), engine)
     else:
         source = iter(iterable)
-    engine = make_engine()
     threading.Thread(target=_feed, args=(engine, source), name="orderedtask-amap-feeder",
                      daemon=True).start()
     engine.claim()
     completed = False
-    handed = 0
     try:
-        while True:
-            wake = asyncio.Event()
-            batch = engine.next_batch(handed, waker=lambda: loop.call_soon_threadsafe(wake.set))
-            handed = 0
-            if batch is None:
-                completed = True
-                return
-            if not batch:
-                await wake.wait()
-                continue
-            handed = engine.weigh(batch)
+        async for batch in async_batches(engine):
             for chunk in batch:
                 out = chunk.output
                 engine.yielded += len(out)
@@ -244,23 +235,42 @@ async def _aresults(make_engine: Callable[[], Engine],
                     yield item
                 if chunk.error is not None:
                     raise chunk.error
+        completed = True
     finally:
         engine.unclaim(completed)
 
 
-def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop
-                    ) -> Iterator[Any]:
-    """Iterate an async iterable from the feeder thread, each step run on the event loop."""
+def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop,
+                    engine: Engine) -> Iterator[Any]:
+    """Iterate an async iterable from the feeder thread, each step run on the event loop.
+
+    The wait for a step gives up once the engine stops or the loop closes, so an abandoned
+    ``amap`` never strands its feeder thread.
+    """
     iterator = aiter(iterable)
 
     async def step() -> Any:
         return await anext(iterator)
 
-    while True:
+    while not engine.stopping:
+        coroutine = step()
         try:
-            yield asyncio.run_coroutine_threadsafe(step(), loop).result()
-        except StopAsyncIteration:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
             return
+        while True:
+            try:
+                item = future.result(timeout=PULL_CHECK_SECONDS)
+            except FutureTimeout:
+                if engine.stopping or loop.is_closed():
+                    future.cancel()
+                    return
+                continue
+            except StopAsyncIteration:
+                return
+            break
+        yield item
 
 
 def _feed(engine: Engine, source: Iterator[Any]) -> None:

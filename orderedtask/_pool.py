@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -11,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from ._backends import check_retries, make_backend
-from ._engine import Engine, check_callable, check_window, check_workers
+from ._engine import Engine, async_batches, check_callable, check_window, check_workers
 from ._task import Task
 
 #: Default window: tasks accepted but not yet consumed. Measured (benchmarks/window.py, README
@@ -27,23 +26,6 @@ def _raise_fatal(engine: Engine, task: Task) -> None:
     if error is not None and not isinstance(error, Exception):
         engine.terminate()
         raise error
-
-
-async def _async_batches(engine: Engine) -> AsyncIterator[list[Task]]:
-    """Released batches, awaited without blocking the loop (the caller holds the claim)."""
-    loop = asyncio.get_running_loop()
-    handed = 0
-    while True:
-        wake = asyncio.Event()
-        batch = engine.next_batch(handed, waker=lambda: loop.call_soon_threadsafe(wake.set))
-        handed = 0
-        if batch is None:
-            return
-        if not batch:
-            await wake.wait()
-            continue
-        handed = engine.weigh(batch)
-        yield batch
 
 
 class Pool:
@@ -160,7 +142,7 @@ class Pool:
         engine.claim()
         completed = False
         try:
-            async for batch in _async_batches(engine):
+            async for batch in async_batches(engine):
                 for task in batch:
                     _raise_fatal(engine, task)
                     engine.watermark = task.index
