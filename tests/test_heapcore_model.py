@@ -1,6 +1,7 @@
 """Stateful fuzzing of one ReorderBuffer against a trivially correct model, on both twins.
 
-``ORDEREDTASK_FUZZ=long`` turns the quick default run into a long one (200,000 examples).
+``ORDEREDTASK_FUZZ=long`` turns the quick default run into a long one (200,000 examples;
+``ORDEREDTASK_FUZZ_EXAMPLES=N`` sets another count).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ LIMIT = 2**64
 LONG = os.environ.get("ORDEREDTASK_FUZZ") == "long"
 
 SETTINGS = settings(
-    max_examples=200_000 if LONG else 200,
+    max_examples=int(os.environ.get("ORDEREDTASK_FUZZ_EXAMPLES", 200_000)) if LONG else 200,
     stateful_step_count=50,
     deadline=None,  # no timing assertions; the long run has no deadline either
     database=None,  # write nothing outside tests/
