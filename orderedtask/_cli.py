@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._map import DEFAULT_MAP_WINDOW, map_tasks
+
 try:
     import orjson
 except ImportError:  # pragma: no cover - depends on the environment
@@ -193,9 +195,10 @@ class Writer(threading.Thread):
     so a Ctrl-C never cuts a write here; ``stop`` writes everything queued, then ends.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, close_fd: bool) -> None:
         super().__init__(name="orderedtask-map-writer")  # not a daemon: exit waits for it
         self.fd = fd
+        self.close_fd = close_fd  # once started, the writer closes the fd when it ends
         self.lines: collections.deque[bytes] = collections.deque()
         self.wake = threading.Event()
         self.drained = threading.Condition()
@@ -205,6 +208,13 @@ class Writer(threading.Thread):
         self.error: OSError | None = None
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.close_fd:
+                os.close(self.fd)
+
+    def _run(self) -> None:
         lines = self.lines
         while True:
             self.wake.wait(FLUSH_SECONDS)
@@ -252,23 +262,6 @@ class Writer(threading.Thread):
 
 
 # -- progress --------------------------------------------------------------------------------
-
-def engine_of(results: Any) -> Any:
-    """The engine behind a ``map_tasks`` iterator, for ``stats()``; None if not reachable.
-
-    Stopgap: ``map_tasks`` returns a bare generator, so this looks at its frame's ``engine``
-    local (only once the generator has started and while it is suspended). A ``stats()``
-    method on the returned iterator, if the library grows one, is used instead.
-    """
-    if callable(getattr(results, "stats", None)):
-        return results
-    frame = getattr(results, "gi_frame", None)
-    try:
-        engine = frame.f_locals.get("engine") if frame is not None else None
-    except Exception:  # noqa: BLE001 - a private detail; no engine, no reorder depth
-        return None
-    return engine if callable(getattr(engine, "stats", None)) else None
-
 
 class Progress(threading.Thread):
     """Refreshes a tqdm bar on stderr: count and rate of lines done, in-flight, reorder depth.
@@ -357,7 +350,7 @@ def make_parser() -> argparse.ArgumentParser:
                              "that holds the GIL")
     parser.add_argument("--window", type=_positive_int, default=None, metavar="W",
                         help="at most W lines inside the pool at once: taken from the input "
-                             "and not yet handed on in order (default: 16384)")
+                             f"and not yet handed on in order (default: {DEFAULT_MAP_WINDOW})")
     parser.add_argument("--input", default="-", metavar="FILE",
                         help="input file, '-' for stdin (default)")
     parser.add_argument("--output", default="-", metavar="FILE",
@@ -399,16 +392,13 @@ def _open_output(path: str) -> tuple[int, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    opened: list[int] = []
+    in_fd, close_in = -1, False
+    writer: Writer | None = None
     try:
         line_fn = LineFunction(resolve_function(args.fn), args.json)
         in_fd, close_in = _open_input(args.input)
-        if close_in:
-            opened.append(in_fd)
-        out_fd, close_out = _open_output(args.output)
-        if close_out:
-            opened.append(out_fd)
-        return run(line_fn, in_fd, out_fd, args)
+        writer = Writer(*_open_output(args.output))
+        return run(line_fn, in_fd, writer, args)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -416,13 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        for fd in opened:
-            os.close(fd)
+        if close_in:
+            os.close(in_fd)
+        if writer is not None and writer.close_fd and writer.ident is None:
+            os.close(writer.fd)  # never started; once started, it closes its fd itself
 
 
-def run(line_fn: LineFunction, in_fd: int, out_fd: int, args: argparse.Namespace) -> int:
-    from ._map import map_tasks
-
+def run(line_fn: LineFunction, in_fd: int, writer: Writer, args: argparse.Namespace) -> int:
     counters = Counters()
     try:
         results = map_tasks(line_fn, LineReader(in_fd, counters), workers=args.workers,
@@ -431,7 +421,6 @@ def run(line_fn: LineFunction, in_fd: int, out_fd: int, args: argparse.Namespace
         raise UsageError(f"--fn {args.fn}: {_one_line(exc)}") from None
     progress = Progress(counters) if args.progress else None
     say = progress.write if progress is not None else _print_err
-    writer = Writer(out_fd)
     writer.start()
     if progress is not None:
         progress.start()
@@ -492,5 +481,5 @@ def _consume(results: Iterator[Any], writer: Writer, counters: Counters,
         if first:
             first = False
             if progress is not None:
-                progress.engine = engine_of(results)
+                progress.engine = results  # map_tasks' TaskStream: its stats()
     kick(queued)

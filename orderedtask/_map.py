@@ -133,7 +133,7 @@ def map(
     make_engine = _engine_for(ChunkRunner, fn, workers, window, backend, retries, retry_backoff)
     source = iter(iterable)
     total = operator.length_hint(iterable, -1)
-    return _results(make_engine, source, _progress_bar(progress, total))
+    return _results(make_engine, source, _progress_bar(progress, total), _buffered_hint(iterable))
 
 
 def map_tasks(
@@ -148,7 +148,7 @@ def map_tasks(
     retry_backoff: float = 0.0,
     progress: bool = False,
     describe_error: Callable[[int, Any, Exception], Exception] | None = None,
-) -> Iterator[Task]:
+) -> TaskStream:
     """Like ``map``, but yield a ``Task`` per item and keep each item's error on its task.
 
     ``task.index`` is the item's position, or with ``indexed=True`` the iterable yields
@@ -161,7 +161,17 @@ def map_tasks(
                               window, backend, retries, retry_backoff)
     total = operator.length_hint(iterable, -1)
     pairs = iter(iterable) if indexed else enumerate(iterable)
-    return _results(make_engine, pairs, _progress_bar(progress, total))
+    return TaskStream(make_engine, pairs, _progress_bar(progress, total), _buffered_hint(iterable))
+
+
+def _buffered_hint(iterable: object) -> Callable[[], int] | None:
+    """The iterable's ``buffered()``: how many items it can give now without blocking.
+
+    A source that knows (a line reader, a consumer's fetch buffer) may offer it; chunks are
+    then never filled with a pull that blocks while earlier items wait in them.
+    """
+    hint = getattr(iterable, "buffered", None)
+    return hint if callable(hint) else None
 
 
 def _progress_bar(progress: bool, total: int) -> Any:
@@ -173,12 +183,37 @@ def _progress_bar(progress: bool, total: int) -> Any:
                 desc="orderedtask.map", file=sys.stderr)
 
 
-def _results(make_engine: Callable[[], Engine], source: Iterator[Any], bar: Any
+class TaskStream(Iterator[Task]):
+    """What ``map_tasks`` returns: its tasks in order, plus ``stats()`` and ``close()``."""
+
+    __slots__ = ("_tasks", "_engine")
+
+    def __init__(self, make_engine: Callable[[], Engine], source: Iterator[Any], bar: Any,
+                 buffered: Callable[[], int] | None) -> None:
+        self._engine: list[Engine] = []  # filled on the first next(), when the threads start
+        self._tasks = _results(make_engine, source, bar, buffered, self._engine)
+
+    def __next__(self) -> Task:
+        return next(self._tasks)
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters (``Pool.stats()``; its tasks are chunks); {} before the start."""
+        return self._engine[0].stats() if self._engine else {}
+
+    def close(self) -> None:
+        """Stop the work now (as leaving a ``for`` loop early does)."""
+        self._tasks.close()
+
+
+def _results(make_engine: Callable[[], Engine], source: Iterator[Any], bar: Any,
+             buffered: Callable[[], int] | None = None, started: list[Engine] | None = None
              ) -> Iterator[Any]:
     # Threads start on the first next(): a map object that is never iterated costs nothing.
     engine = make_engine()
+    if started is not None:
+        started.append(engine)
     feeder = threading.Thread(
-        target=_feed, args=(engine, source), name="orderedtask-map-feeder", daemon=True
+        target=_feed, args=(engine, source, buffered), name="orderedtask-map-feeder", daemon=True
     )
     feeder.start()
     try:
@@ -273,15 +308,18 @@ def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoo
         yield item
 
 
-def _feed(engine: Engine, source: Iterator[Any]) -> None:
+def _feed(engine: Engine, source: Iterator[Any],
+          buffered: Callable[[], int] | None = None) -> None:
     index = 0
     size = 1
     try:
         while True:
             chunk: list[Any] = []
             started = perf_counter()
+            # No item waits in a half-filled chunk on a pull that blocks for the next one.
+            want = size if buffered is None else max(1, min(size, buffered()))
             try:
-                chunk.extend(islice(source, size))
+                chunk.extend(islice(source, want))
             except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
                 if chunk:
                     engine.put(Task(index, chunk), len(chunk))

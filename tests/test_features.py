@@ -266,3 +266,44 @@ def test_map_progress_bar(capsys) -> None:
     assert list(orderedtask.map(abs, range(-50, 0), progress=True)) == list(range(50, 0, -1))
     err = capsys.readouterr().err
     assert "orderedtask.map" in err and "50/50" in err
+
+
+def test_map_tasks_stream_has_stats_and_close(no_thread_leak) -> None:
+    stream = orderedtask.map_tasks(abs, range(-100, 0), workers=2)
+    assert stream.stats() == {}  # nothing started before the first next()
+    first = next(stream)
+    assert (first.index, first.output) == (0, 100)
+    assert stream.stats()["accepted"] >= 1
+    stream.close()
+    with pytest.raises(StopIteration):
+        next(stream)
+
+
+class BurstThenBlock:
+    """A burst of 20 items, then a pull that blocks until released; says how many are buffered."""
+
+    def __init__(self) -> None:
+        self.items = list(range(1, 21))
+        self.release = threading.Event()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        if self.items:
+            return self.items.pop(0)
+        assert self.release.wait(10), "the burst was held back until the source timed out"
+        raise StopIteration
+
+    def buffered(self) -> int:
+        return len(self.items)
+
+
+@pytest.mark.parametrize("api", ["map", "map_tasks"])
+def test_a_buffered_hint_keeps_a_burst_from_waiting_on_a_blocking_pull(api, no_thread_leak) -> None:
+    source = BurstThenBlock()
+    results = getattr(orderedtask, api)(abs, source, workers=2)
+    got = [next(results) for _ in range(20)]  # the last few would wait for release otherwise
+    assert [getattr(r, "output", r) for r in got] == list(range(1, 21))
+    source.release.set()
+    assert list(results) == []
