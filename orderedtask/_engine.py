@@ -154,10 +154,13 @@ class Engine:
         return done
 
     def _wake_worker(self) -> None:
-        # One wake-up per batch's worth of queued work: a woken worker takes up to max_batch
-        # tasks, so waking one per task would only make workers race for single tasks.
+        # Wake a sleeping worker only for a batch's worth of queued work per worker already on
+        # its way (or when nobody would otherwise see the queue): workers that are running take
+        # the rest when they come back. Waking one per task makes them race for single tasks
+        # and turns a fast producer into a notify loop.
         if self.idle > self.wakeups and (
-                not self.wakeups or self.queue.available() > self.wakeups * self.max_batch):
+                (not self.wakeups and not self.running)
+                or self.queue.available() >= (self.wakeups + 1) * self.max_batch):
             self.wakeups += 1
             self.work_ready.notify()
 
