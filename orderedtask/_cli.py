@@ -149,9 +149,8 @@ class LineReader:
 
     Read with ``os.read`` (no buffered-file lock: a read blocked on an idle pipe never stalls
     the interpreter's exit). ``buffered()`` says how many lines can be taken without blocking:
-    a hint with which a feeder can cap a chunk at the lines already there, so that none waits
-    in a half-filled chunk for input that has not come yet. (``map_tasks`` does not ask for
-    it yet: after a burst of input, its last few lines can wait for the next input.)
+    the feeder of ``map_tasks`` caps each chunk at the lines already there, so that none
+    waits in a half-filled chunk for input that has not come yet.
     """
 
     def __init__(self, fd: int, counters: Counters) -> None:
