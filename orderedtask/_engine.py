@@ -157,7 +157,9 @@ class Engine:
         # Wake a sleeping worker only for a batch's worth of queued work per worker already on
         # its way (or when nobody would otherwise see the queue): workers that are running take
         # the rest when they come back. Waking one per task makes them race for single tasks
-        # and turns a fast producer into a notify loop.
+        # and turns a fast producer into a notify loop. Cost: behind a worker stuck on a slow
+        # task, less than a batch (~batch_seconds of work) waits for it; those tasks come after
+        # the slow one in order, so their output was held back by it anyway.
         if self.idle > self.wakeups and (
                 (not self.wakeups and not self.running)
                 or self.queue.available() >= (self.wakeups + 1) * self.max_batch):
