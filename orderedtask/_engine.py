@@ -8,9 +8,8 @@ task at once. A lone task is never held back: workers take whatever is queued.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from time import monotonic, perf_counter
 from typing import Any
 
@@ -426,30 +425,3 @@ class Engine:
                 "closed": self.closed,
             }
 
-
-async def async_batches(engine: Engine) -> AsyncIterator[list[Task]]:
-    """Released batches for an asyncio consumer (which holds the claim); never blocks the loop.
-
-    While nothing is ready, the engine keeps a one-shot waker that a worker calls from its
-    thread; it schedules the wake-up on the loop (and does nothing once the loop is closed).
-    """
-    loop = asyncio.get_running_loop()
-    handed = 0
-    while True:
-        wake = asyncio.Event()
-
-        def waker(wake: asyncio.Event = wake) -> None:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is closed: its consumer is gone
-                pass
-
-        batch = engine.next_batch(handed, waker=waker)
-        handed = 0
-        if batch is None:
-            return
-        if not batch:
-            await wake.wait()
-            continue
-        handed = engine.weigh(batch)
-        yield batch

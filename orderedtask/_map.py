@@ -18,7 +18,8 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from ._backends import Retrying, check_retries, make_backend
-from ._engine import Engine, async_batches, check_callable, check_window, check_workers
+from ._aio import ItemResults
+from ._engine import Engine, check_callable, check_window, check_workers
 from ._errors import PoolClosed
 from ._task import Task
 
@@ -250,29 +251,20 @@ def amap(
     return _aresults(make_engine, iterable)
 
 
-async def _aresults(make_engine: Callable[[], Engine],
-                    iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    engine = make_engine()
-    if isinstance(iterable, AsyncIterable):
-        source: Iterator[Any] = _pull_from_loop(iterable, asyncio.get_running_loop(), engine)
-    else:
-        source = iter(iterable)
-    threading.Thread(target=_feed, args=(engine, source), name="orderedtask-amap-feeder",
-                     daemon=True).start()
-    engine.claim()
-    completed = False
-    try:
-        async for batch in async_batches(engine):
-            for chunk in batch:
-                out = chunk.output
-                engine.yielded += len(out)
-                for item in out:
-                    yield item
-                if chunk.error is not None:
-                    raise chunk.error
-        completed = True
-    finally:
-        engine.unclaim(completed)
+def _aresults(make_engine: Callable[[], Engine],
+              iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    def start() -> Engine:
+        # On the first __anext__, inside the running loop that an async source needs.
+        engine = make_engine()
+        if isinstance(iterable, AsyncIterable):
+            source: Iterator[Any] = _pull_from_loop(iterable, asyncio.get_running_loop(), engine)
+        else:
+            source = iter(iterable)
+        threading.Thread(target=_feed, args=(engine, source), name="orderedtask-amap-feeder",
+                         daemon=True).start()
+        return engine
+
+    return ItemResults(start)
 
 
 def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop,

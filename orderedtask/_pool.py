@@ -10,7 +10,8 @@ from types import TracebackType
 from typing import Any
 
 from ._backends import check_retries, make_backend
-from ._engine import Engine, async_batches, check_callable, check_window, check_workers
+from ._aio import TaskResults
+from ._engine import Engine, check_callable, check_window, check_workers
 from ._task import Task
 
 #: Default window: tasks accepted but not yet consumed. Measured (benchmarks/window.py, README
@@ -132,25 +133,14 @@ class Pool:
                     engine.yielded += 1
                     yield task
 
-    async def aresults(self) -> AsyncIterator[Task]:
+    def aresults(self) -> AsyncIterator[Task]:
         """``results()`` for asyncio: ``async for task in pool.aresults()``.
 
         Never blocks the event loop: it waits for released tasks through a wake-up that the
-        workers schedule on the loop.
+        workers schedule on the loop. A cancelled ``__anext__`` (a timeout around it) loses
+        nothing; ``aclose()`` or dropping the iterator before the end terminates the pool.
         """
-        engine = self._engine
-        engine.claim()
-        completed = False
-        try:
-            async for batch in async_batches(engine):
-                for task in batch:
-                    _raise_fatal(engine, task)
-                    engine.watermark = task.index
-                    engine.yielded += 1
-                    yield task
-            completed = True
-        finally:
-            engine.unclaim(completed)
+        return TaskResults(lambda: self._engine)
 
     def close(self) -> None:
         """Stop accepting tasks; those accepted still run and are yielded. Idempotent."""

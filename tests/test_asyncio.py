@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import threading
 import time
@@ -580,11 +581,6 @@ async def _collect(results) -> list[int]:
     return [task.index async for task in results]
 
 
-@pytest.mark.xfail(
-    raises=AssertionError, strict=True,
-    reason="library limitation: aresults() is an async generator, so a cancelled anext() "
-           "(asyncio.wait_for / asyncio.timeout around it) finishes the generator, which "
-           "terminates the pool and drops its tasks; the next anext() says the stream ended")
 def test_a_timed_out_anext_leaves_the_pool_usable():
     async def main():
         pool = Pool(1, slow_task)
@@ -598,3 +594,51 @@ def test_a_timed_out_anext_leaves_the_pool_usable():
         return got
 
     assert run(main) == [0, 1, 2]
+
+
+def test_a_timed_out_amap_step_leaves_the_stream_usable():
+    gate = threading.Event()
+
+    def slow_start(x: int) -> int:
+        gate.wait(5)
+        return x * 2
+
+    async def main() -> list[int]:
+        stream = orderedtask.amap(slow_start, range(50), workers=2)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stream.__anext__(), 0.05)
+        gate.set()
+        return [x async for x in stream]
+
+    assert asyncio.run(main()) == [x * 2 for x in range(50)]
+
+
+def test_dropping_a_started_async_iterator_terminates_the_pool(no_thread_leak):
+    async def main() -> None:
+        pool = orderedtask.Pool(2, lambda local, task: None)
+        pool.enqueue(orderedtask.Task(0))
+        stream = pool.aresults()
+        await stream.__anext__()
+        del stream
+        gc.collect()
+        with pytest.raises(orderedtask.PoolClosed):
+            pool.enqueue(orderedtask.Task(1))
+        pool.join(5)
+
+    asyncio.run(main())
+
+
+def test_stop_async_iteration_from_fn_does_not_end_amap_silently():
+    def fn(x: int) -> int:
+        if x == 3:
+            raise StopAsyncIteration
+        return x
+
+    async def main() -> list[int]:
+        got = []
+        with pytest.raises(RuntimeError, match="StopAsyncIteration"):
+            async for x in orderedtask.amap(fn, range(10), workers=2):
+                got.append(x)
+        return got
+
+    assert asyncio.run(main()) == [0, 1, 2]
