@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 
 import pytest
@@ -36,3 +37,16 @@ def bad_call(override: dict, error: type[BaseException], match: str):
     """A parametrize case for a call made with ``override`` on top of good arguments."""
     name = ",".join(f"{key}={value!r}" for key, value in override.items())
     return pytest.param(override, error, match, id=name)
+
+
+def run_pool(pool, tasks: list) -> list:
+    """Enqueue ``tasks`` from a producer thread, close, and collect ``results()``."""
+    def produce() -> None:
+        pool.enqueue_many(tasks)
+        pool.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    out = list(pool.results())
+    producer.join()
+    return out

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 import orderedtask
+from support import run_pool
 from orderedtask import Pool, PoolClosed, Task, WorkerDied, WorkerInitError
 
 # Functions below live at module level: worker processes import them by name.
@@ -60,18 +61,6 @@ def unpicklable_output(workerlocal: dict, task: Task) -> None:
 
 def echo(workerlocal: dict, task: Task) -> None:
     task.output = task.input
-
-
-def run_pool(pool: Pool, tasks: list[Task]) -> list[Task]:
-    def produce() -> None:
-        pool.enqueue_many(tasks)
-        pool.close()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    out = list(pool.results())
-    producer.join()
-    return out
 
 
 @pytest.fixture

@@ -12,19 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 import orderedtask
+from support import run_pool
 from orderedtask import DecodeError, Pool, Task
-
-
-def feed(pool: Pool, tasks: list[Task]) -> list[Task]:
-    def produce() -> None:
-        pool.enqueue_many(tasks)
-        pool.close()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    out = list(pool.results())
-    producer.join()
-    return out
 
 
 # -- key-ordered processing -----------------------------------------------------------------
@@ -53,7 +42,7 @@ def test_same_key_runs_one_at_a_time_in_order(twin, no_thread_leak) -> None:
     rng = random.Random(5)
     tasks = [Task(i, rng.randrange(6)) for i in range(3000)]
     with Pool(8, fn, key=lambda task: task.input) as pool:
-        out = feed(pool, tasks)
+        out = run_pool(pool, tasks)
     assert [t.index for t in out] == list(range(3000))
     assert overlap == []  # never two tasks of one key at once
     for key, indices in seen.items():
@@ -100,7 +89,7 @@ def test_retries_until_success_and_final_error_stays(twin) -> None:
     # task.input = how many attempts fail before one succeeds
     tasks = [Task(i, i % 4) for i in range(40)]
     with Pool(4, flaky, retries=2, retry_backoff=0.001) as pool:
-        out = feed(pool, tasks)
+        out = run_pool(pool, tasks)
     for task in out:
         if task.input <= 2:
             assert task.error is None and task.output == task.input + 1
