@@ -95,8 +95,9 @@ class Pool:
         """Enqueue each task in turn; return how many were accepted.
 
         A list or tuple is accepted a window's room at a time under one lock acquisition
-        (much cheaper per task than ``enqueue``); other iterables are consumed one task at a
-        time, so a slow iterable never holds tasks back. On an error, the tasks before the bad
+        (much cheaper per task than ``enqueue``); pass lists of a few hundred tasks, since the
+        list keeps every task (and its output) alive until this returns. Other iterables are
+        consumed one task at a time, so a slow iterable never holds tasks back. On an error, the tasks before the bad
         one stay accepted and the error is raised.
         """
         if isinstance(tasks, (list, tuple)):
