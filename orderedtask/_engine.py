@@ -64,8 +64,9 @@ class Engine:
         self.backend = backend
         self.weight_of = weight_of
         self.key = key
-        # lock guards every attribute below; the three conditions share it.
-        self.lock = threading.Lock()
+        # lock guards every attribute below; the three conditions share it. An RLock because
+        # it knows its owner: see _wait.
+        self.lock = threading.RLock()
         self.work_ready = threading.Condition(self.lock)
         self.space_free = threading.Condition(self.lock)
         self.results_ready = threading.Condition(self.lock)
@@ -152,6 +153,20 @@ class Engine:
                     self._wake_worker()
         return done
 
+    def _wait(self, condition: threading.Condition, timeout: float | None = None) -> None:
+        """``condition.wait`` for the consumer and producers, whose thread may get Ctrl-C.
+
+        A KeyboardInterrupt can land while ``Condition.wait`` takes the lock back, leaving it
+        unheld, and the caller's ``with self.lock`` would then release a lock it does not own.
+        Take it back first, so that the exception leaves the lock as ``with`` expects.
+        """
+        try:
+            condition.wait(timeout)
+        except BaseException:
+            if not self.lock._is_owned():  # type: ignore[attr-defined]
+                self.lock.acquire()
+            raise
+
     def _wake_worker(self) -> None:
         # Wake a sleeping worker only for a batch's worth of queued work per worker already on
         # its way (or when nobody would otherwise see the queue): workers that are running take
@@ -180,7 +195,7 @@ class Engine:
                     raise TimeoutError(
                         f"enqueue timed out after {timeout} s: the window of {self.window} "
                         "tasks stayed full")
-                self.space_free.wait(remaining)
+                self._wait(self.space_free, remaining)
                 self._check_open()
         finally:
             self.producers_waiting -= 1
@@ -337,7 +352,7 @@ class Engine:
                     return []
                 self.consumer_waiting = True
                 try:
-                    self.results_ready.wait()
+                    self._wait(self.results_ready)
                 finally:
                     self.consumer_waiting = False
             batch = self.ready
