@@ -20,7 +20,6 @@ number of rounds small (the whole file runs in well under a minute on 2 slow cor
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 
 import orderedtask
-from orderedtask import Pool, Task
+from benchmarks.compare import run_orderedtask_pool
 
 N = 20_000
 WORKERS = 2
@@ -83,25 +82,7 @@ def run_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
 
 
 def run_pool_tasks(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    def work(_workerlocal: dict[str, Any], task: Task) -> None:
-        task.output = fn(task.input)
-
-    with Pool(WORKERS, work) as pool:
-        def produce() -> None:
-            try:
-                pool.enqueue_many(Task(i, x) for i, x in enumerate(items))
-            finally:
-                pool.close()
-
-        producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
-        producer.start()
-        out = []
-        for task in pool.results():
-            if task.error is not None:
-                raise task.error
-            out.append(task.output)
-        producer.join()
-    return out
+    return run_orderedtask_pool(fn, items, WORKERS)
 
 
 def run_loop(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
