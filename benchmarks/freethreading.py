@@ -108,34 +108,29 @@ def main() -> int:
         def fn(workerlocal, task):
             task.output = work(task.input)
 
-        started = time.perf_counter()
-        with orderedtask.Pool(workers, fn) as pool:
-            def produce() -> None:
-                for off, body in messages:
-                    pool.enqueue(orderedtask.Task(off, body))
-                pool.close()
-            producer = threading.Thread(target=produce)
-            producer.start()
-            check(task.output for task in pool.results())
-            producer.join()
-        elapsed = time.perf_counter() - started
-        print(f"  {'Pool, %d workers' % workers:28} {elapsed:7.2f} s {args.messages / elapsed:10,.0f} msg/s "
-              f"{base / elapsed:6.2f}x")
+        def one_by_one(pool: orderedtask.Pool) -> None:
+            for off, body in messages:
+                pool.enqueue(orderedtask.Task(off, body))
 
-        started = time.perf_counter()
-        with orderedtask.Pool(workers, fn) as pool:
-            def produce_batches() -> None:
-                for start in range(0, len(messages), 256):
-                    pool.enqueue_many([orderedtask.Task(off, body)
-                                       for off, body in messages[start:start + 256]])
-                pool.close()
-            producer = threading.Thread(target=produce_batches)
-            producer.start()
-            check(task.output for task in pool.results())
-            producer.join()
-        elapsed = time.perf_counter() - started
-        print(f"  {'Pool+enqueue_many, %d' % workers:28} {elapsed:7.2f} s "
-              f"{args.messages / elapsed:10,.0f} msg/s {base / elapsed:6.2f}x")
+        def in_lists(pool: orderedtask.Pool) -> None:
+            for start in range(0, len(messages), 256):
+                pool.enqueue_many([orderedtask.Task(off, body)
+                                   for off, body in messages[start:start + 256]])
+
+        for label, feed in (("Pool, %d workers", one_by_one),
+                            ("Pool+enqueue_many, %d", in_lists)):
+            started = time.perf_counter()
+            with orderedtask.Pool(workers, fn) as pool:
+                def produce(pool: orderedtask.Pool = pool, feed=feed) -> None:
+                    feed(pool)
+                    pool.close()
+                producer = threading.Thread(target=produce)
+                producer.start()
+                check(task.output for task in pool.results())
+                producer.join()
+            elapsed = time.perf_counter() - started
+            print(f"  {label % workers:28} {elapsed:7.2f} s "
+                  f"{args.messages / elapsed:10,.0f} msg/s {base / elapsed:6.2f}x")
     return 0
 
 
