@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import operator
 import os
@@ -18,7 +17,6 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from ._backends import Retrying, check_retries, make_backend
-from ._aio import ItemResults
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._errors import PoolClosed
 from ._task import Task
@@ -253,6 +251,12 @@ def amap(
 
 def _aresults(make_engine: Callable[[], Engine],
               iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    # asyncio is imported here, not at the top: it doubles the import time of the package
+    # (and of every worker process) for users who never touch it.
+    import asyncio
+
+    from ._aio import ItemResults
+
     def start() -> Engine:
         # On the first __anext__, inside the running loop that an async source needs.
         engine = make_engine()
@@ -267,13 +271,14 @@ def _aresults(make_engine: Callable[[], Engine],
     return ItemResults(start)
 
 
-def _pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop,
-                    engine: Engine) -> Iterator[Any]:
+def _pull_from_loop(iterable: AsyncIterable[Any], loop: Any, engine: Engine) -> Iterator[Any]:
     """Iterate an async iterable from the feeder thread, each step run on the event loop.
 
     The wait for a step gives up once the engine stops or the loop closes, so an abandoned
     ``amap`` never strands its feeder thread.
     """
+    import asyncio
+
     iterator = aiter(iterable)
 
     async def step() -> Any:

@@ -10,7 +10,6 @@ from types import TracebackType
 from typing import Any
 
 from ._backends import check_retries, make_backend
-from ._aio import TaskResults
 from ._engine import Engine, check_callable, check_window, check_workers
 from ._task import Task
 
@@ -141,6 +140,8 @@ class Pool:
         workers schedule on the loop. A cancelled ``__anext__`` (a timeout around it) loses
         nothing; ``aclose()`` or dropping the iterator before the end terminates the pool.
         """
+        from ._aio import TaskResults  # imports asyncio: only for those who use it
+
         return TaskResults(lambda: self._engine)
 
     def close(self) -> None:
