@@ -1,0 +1,48 @@
+"""The main job, ``orderedtask demo``, through a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orderedtask
+
+PACKAGE_PARENT = str(Path(orderedtask.__file__).resolve().parent.parent)
+
+
+def demo(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [PACKAGE_PARENT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "orderedtask", "demo", *args],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_demo_decodes_in_order_and_reports_honestly() -> None:
+    done = demo("--messages", "3000", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "3,000 Kafka-like messages" in out
+    assert "order check: every message came out once, in offset order" in out
+    for row in ("plain loop (sequential)", "orderedtask.Pool (Task per message)",
+                "orderedtask.map"):
+        assert row in out
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    assert ("GIL on" in out) == gil and ("GIL off" in out) == (not gil)
+    assert f"core {orderedtask.IMPLEMENTATION}" in out
+
+
+def test_demo_options() -> None:
+    done = demo("--messages", "500", "--decoder", "json", "--gc-threshold", "12345",
+                "--window", "64")
+    assert done.returncode == 0, done.stderr
+    assert "decoder json" in done.stdout and "gc threshold 12345" in done.stdout
+
+
+def test_demo_rejects_bad_arguments() -> None:
+    for args in (["--messages", "0"], ["--workers", "-1"], ["--gc-threshold", "0"],
+                 ["--decoder", "yaml"]):
+        done = demo(*args)
+        assert done.returncode == 2, args
+        assert "Traceback" not in done.stderr
