@@ -19,7 +19,6 @@ number of rounds small (the whole file runs in well under a minute on 2 slow cor
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 import orderedtask
-from benchmarks.compare import run_orderedtask_pool
+from benchmarks.compare import make_messages, run_orderedtask_pool
 
 N = 20_000
 WORKERS = 2
@@ -36,20 +35,6 @@ ROUNDS = 5
 
 def identity(x: Any) -> Any:
     return x
-
-
-def make_messages(count: int, seed: int = 7) -> list[bytes]:
-    """Kafka-like JSON bodies of ~200 bytes, all different."""
-    rng = random.Random(seed)
-    events = ("click", "view", "purchase", "signup", "scroll")
-    return [
-        (f'{{"offset":{1_000_000 + i},"user":"user-{rng.randint(1, 10**6):07d}",'
-         f'"event":"{rng.choice(events)}","ts":{1_700_000_000_000 + i * 17},'
-         f'"url":"https://shop.example.com/p/{rng.randint(1, 10**5)}?ref=kafka",'
-         f'"session":"{rng.getrandbits(64):016x}","props":{{"price":{rng.random() * 100:.2f},'
-         f'"qty":{rng.randint(1, 9)},"tags":["a","b"]}}}}').encode()
-        for i in range(count)
-    ]
 
 
 def _workload(name: str) -> tuple[Callable[[Any], Any], list[Any], list[Any]]:
