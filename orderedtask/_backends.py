@@ -11,6 +11,8 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
@@ -124,21 +126,29 @@ class ThreadBackend:
 
 _local = threading.local()  # per executor-worker thread (and process): pool token -> workerlocal
 
+# An executor outlives its pools and cannot be told that one ended, so each executor thread keeps
+# the workerlocals of its most recently used pools only; a pool pushed out re-runs worker_init.
+WORKERLOCALS_PER_THREAD = 32
+
 
 def run_on_executor(
     token: str, fn: WorkerFn, worker_init: WorkerInit | None, retry: Retry,
     items: list[tuple[int, Any]],
 ) -> list[tuple[Any, BaseException | None]]:
     """Runs inside the executor: one batch, with a ``workerlocal`` kept per worker and pool."""
-    workerlocals = getattr(_local, "workerlocals", None)
+    workerlocals: OrderedDict[str, dict[str, Any]] | None = getattr(_local, "workerlocals", None)
     if workerlocals is None:
-        workerlocals = _local.workerlocals = {}
+        workerlocals = _local.workerlocals = OrderedDict()
     workerlocal = workerlocals.get(token)
     if workerlocal is None:
         workerlocal = {}
         if worker_init is not None:
             worker_init(workerlocal)
         workerlocals[token] = workerlocal
+        if len(workerlocals) > WORKERLOCALS_PER_THREAD:
+            workerlocals.popitem(last=False)
+    else:
+        workerlocals.move_to_end(token)
     tasks = [Task(index, value) for index, value in items]
     run_tasks(fn, workerlocal, tasks, retry)
     return [(task.output, task.error) for task in tasks]
@@ -155,7 +165,9 @@ class ExecutorBackend:
         self.fn = fn
         self.worker_init = worker_init
         self.retry = retry
-        self.token = f"orderedtask-{id(self):x}-{threading.get_ident():x}"
+        # Unique across pools, processes and clients: an id() is reused once a pool is freed, and
+        # a new pool must never find an old pool's workerlocal (its worker_init would not run).
+        self.token = f"orderedtask-{uuid.uuid4().hex}"
 
     def start_worker(self) -> None:
         return None

@@ -10,6 +10,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 import orderedtask
+from orderedtask import _backends
+from orderedtask._backends import NO_RETRY
 from support import run_pool
 from orderedtask import Pool, PoolClosed, Task, WorkerDied, WorkerInitError
 
@@ -186,6 +188,43 @@ class TestExecutorBackend:
             assert [t.index for t in out] == list(range(300))
             # worker_init ran once per executor worker, and workerlocal persisted across batches
             assert all(t.output[1] == 1 for t in out)
+
+    def test_a_new_pool_never_inherits_an_old_pools_workerlocal(self, no_thread_leak) -> None:
+        # Regression: tokens were built from id(); a freed pool's id is reused at once, so the
+        # next pool found the old (empty) workerlocal and its worker_init never ran.
+        with ThreadPoolExecutor(1) as executor:
+            assert list(orderedtask.map(square, range(50), workers=1, backend=executor)) == [
+                x * x for x in range(50)]
+            for _ in range(5):
+                with Pool(1, pid_task, worker_init=remember_pid, backend=executor) as pool:
+                    out = run_pool(pool, [Task(i, i) for i in range(20)])
+                assert [t.error for t in out] == [None] * 20
+                assert all(t.output[1] == 1 for t in out)
+        tokens = {_backends.ExecutorBackend(executor, echo, None, NO_RETRY).token for _ in range(100)}
+        assert len(tokens) == 100
+
+    def test_executor_threads_keep_only_recent_workerlocals(self) -> None:
+        inits: list[str] = []
+
+        def run(token: str) -> None:
+            _backends.run_on_executor(token, echo, lambda wl: inits.append(token), NO_RETRY,
+                                      [(0, 0)])
+
+        def in_one_thread() -> int:
+            first = "pool-0"
+            run(first)
+            for n in range(1, _backends.WORKERLOCALS_PER_THREAD):
+                run(f"pool-{n}")
+                run(first)  # recently used: kept
+            run("one-more")  # pushes out the least recently used, pool-1
+            run(first)
+            run("pool-1")
+            return len(_backends._local.workerlocals)
+
+        with ThreadPoolExecutor(1) as executor:
+            held = executor.submit(in_one_thread).result()
+        assert held == _backends.WORKERLOCALS_PER_THREAD
+        assert inits.count("pool-0") == 1 and inits.count("pool-1") == 2
 
     def test_executor_failure_fails_the_batch(self, no_thread_leak) -> None:
         executor = ThreadPoolExecutor(1)

@@ -13,10 +13,14 @@ PACKAGE_PARENT = str(Path(orderedtask.__file__).resolve().parent.parent)
 
 
 def demo(*args: str) -> subprocess.CompletedProcess:
+    # ``-m`` puts the working directory first on sys.path: run from the directory holding the
+    # package the tests imported, so that a source checkout (no compiled core) cannot shadow an
+    # installed wheel.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [PACKAGE_PARENT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "orderedtask", "demo", *args],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+                          capture_output=True, text=True, timeout=120, env=env, check=False,
+                          cwd=PACKAGE_PARENT)
 
 
 def test_demo_decodes_in_order_and_reports_honestly() -> None:
