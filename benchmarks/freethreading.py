@@ -1,6 +1,7 @@
 """The headline workload: JSON decode plus a ~20 us pure-Python transform per message.
 
     python benchmarks/freethreading.py [--messages N] [--workers W ...] [--transform-us US]
+                                       [--window N]
 
 Run it on a free-threaded build (3.13t) to see threads scale, and on the standard build for
 the contrast. Prints the interpreter, whether the GIL is on, the plain loop, and
@@ -11,6 +12,7 @@ loop of the same interpreter; every output is checked complete and in order.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -50,6 +52,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, os.cpu_count() or 2])
     parser.add_argument("--transform-us", type=float, default=20.0)
+    parser.add_argument("--window", type=int, default=None,
+                        help="window for map and Pool (default: the library's default)")
     args = parser.parse_args()
 
     messages = make_messages(args.messages)
@@ -63,7 +67,8 @@ def main() -> int:
 
     print(f"python {sys.version.split()[0]} ({'GIL on' if gil_enabled() else 'free-threaded, GIL off'}), "
           f"{os.cpu_count()} CPUs, core {orderedtask.IMPLEMENTATION}, decoder json, "
-          f"{args.messages:,} messages, transform ~{args.transform_us:.0f} us")
+          f"{args.messages:,} messages, transform ~{args.transform_us:.0f} us, "
+          f"window {args.window or 'default'}, gc threshold {gc.get_threshold()[0]}")
 
     def check(docs) -> None:
         count = 0
@@ -100,7 +105,7 @@ def main() -> int:
               f"{args.messages / elapsed:10,.0f} msg/s {base / elapsed:6.2f}x")
 
         started = time.perf_counter()
-        check(orderedtask.map(work, bodies, workers=workers))
+        check(orderedtask.map(work, bodies, workers=workers, window=args.window))
         elapsed = time.perf_counter() - started
         print(f"  {'map, %d workers' % workers:28} {elapsed:7.2f} s {args.messages / elapsed:10,.0f} msg/s "
               f"{base / elapsed:6.2f}x")
@@ -120,7 +125,7 @@ def main() -> int:
         for label, feed in (("Pool, %d workers", one_by_one),
                             ("Pool+enqueue_many, %d", in_lists)):
             started = time.perf_counter()
-            with orderedtask.Pool(workers, fn) as pool:
+            with orderedtask.Pool(workers, fn, window=args.window) as pool:
                 def produce(pool: orderedtask.Pool = pool, feed=feed) -> None:
                     feed(pool)
                     pool.close()

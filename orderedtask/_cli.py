@@ -349,7 +349,8 @@ def make_parser() -> argparse.ArgumentParser:
                              "that holds the GIL")
     parser.add_argument("--window", type=_positive_int, default=None, metavar="W",
                         help="at most W lines inside the pool at once: taken from the input "
-                             f"and not yet handed on in order (default: {DEFAULT_MAP_WINDOW})")
+                             f"and not yet handed on in order (default: {DEFAULT_MAP_WINDOW}; with the "
+                             "GIL off, sized from the GC threshold)")
     parser.add_argument("--input", default="-", metavar="FILE",
                         help="input file, '-' for stdin (default)")
     parser.add_argument("--output", default="-", metavar="FILE",

@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from ._backends import Retrying, check_retries, make_backend
-from ._engine import Engine, check_callable, check_window, check_workers
+from ._engine import Engine, check_callable, check_window, check_workers, default_window
 from ._errors import PoolClosed
 from ._task import Task
 
@@ -26,7 +26,8 @@ R = TypeVar("R")
 
 #: Default window of ``map``, in items pulled from the iterable and not yet yielded. Measured
 #: (benchmarks/window.py, README "Choosing the window"): 1,024-2,048 decode fastest; larger
-#: windows keep more results alive and cost more in cache misses and garbage collection.
+#: windows keep more results alive and cost more in cache misses and garbage collection. With
+#: the GIL off and the GC on, it follows the GC threshold (``_engine.default_window``).
 DEFAULT_MAP_WINDOW = 2048
 # A chunk aims at half a backend batch of work; chunks stay small while the cost is unknown.
 MAX_CHUNK = 1024
@@ -102,7 +103,7 @@ def _engine_for(
     if workers is None:
         workers = os.cpu_count() or 1
     check_workers(workers)
-    window = check_window(window, DEFAULT_MAP_WINDOW)
+    window = check_window(window, default_window(DEFAULT_MAP_WINDOW, workers))
     retry = check_retries(retries, retry_backoff)
     runner = make_runner(Retrying(fn, retry) if retry[0] else fn)
     chunk_backend = make_backend(backend, runner, None)

@@ -10,12 +10,13 @@ from types import TracebackType
 from typing import Any
 
 from ._backends import check_retries, make_backend
-from ._engine import Engine, check_callable, check_window, check_workers
+from ._engine import Engine, check_callable, check_window, check_workers, default_window
 from ._task import Task
 
 #: Default window: tasks accepted but not yet consumed. Measured (benchmarks/window.py, README
 #: "Choosing the window"): 256-1,024 is fastest on small tasks, and enough to keep 12+
-#: workers busy on 1 ms tasks; larger windows only hold more results in memory.
+#: workers busy on 1 ms tasks; larger windows only hold more results in memory. With the GIL
+#: off and the GC on, it follows the GC threshold (``_engine.default_window``).
 DEFAULT_WINDOW = 1024
 
 WorkerFn = Callable[[dict[str, Any], Task], Any]
@@ -53,7 +54,7 @@ class Pool:
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
         check_callable("key", key, optional=True)
-        window = check_window(window, DEFAULT_WINDOW)
+        window = check_window(window, default_window(DEFAULT_WINDOW, workers))
         retry = check_retries(retries, retry_backoff)
         self._engine = Engine(
             workers, make_backend(backend, fn, worker_init, retry), window, "orderedtask",

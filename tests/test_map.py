@@ -127,12 +127,18 @@ def test_never_iterated_map_starts_no_thread():
     del results
 
 
-def test_default_window():
+@pytest.mark.parametrize("gil, window", [(True, DEFAULT_MAP_WINDOW), (False, 512)])
+def test_default_window(monkeypatch, gil, window):
+    # With the GIL off, the default GC threshold and two workers the default shrinks
+    # (see _engine.default_window).
+    monkeypatch.setattr(orderedtask._engine, "gil_enabled", lambda: gil)
+    monkeypatch.setattr(orderedtask._engine.gc, "isenabled", lambda: True)
+    monkeypatch.setattr(orderedtask._engine.gc, "get_threshold", lambda: (2000, 10, 10))
     source = Counting()
     results = orderedtask.map(square_plus_one, source, workers=2)
     assert next(results) == 1
     time.sleep(0.02)
-    assert source.pulled <= 1 + DEFAULT_MAP_WINDOW + feeder_slack(DEFAULT_MAP_WINDOW, 2)
+    assert source.pulled <= 1 + window + feeder_slack(window, 2)
     results.close()
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import pytest
 
 import orderedtask
+from orderedtask._engine import default_window
 from orderedtask import Pool, PoolClosed, Task, WorkerInitError
 from support import bad_call, collect_until_error
 
@@ -303,7 +304,25 @@ def test_properties():
         assert (pool.workers, pool.window) == (3, 7)
         assert repr(pool) == "<orderedtask.Pool workers=3 window=7 open>"
     with Pool(1, double) as pool:
-        assert pool.window == orderedtask._pool.DEFAULT_WINDOW
+        assert pool.window == default_window(orderedtask._pool.DEFAULT_WINDOW, 1)
+
+
+@pytest.mark.parametrize("gil, gc_on, threshold, workers, window", [
+    (True, True, 700, 1, 1024), (True, True, 700, 64, 1024),
+    # GIL off: the window follows the first GC threshold (a few containers per result), but
+    # keeps 256 per worker; never above the standard default.
+    (False, True, 2000, 1, 500), (False, True, 2000, 2, 512), (False, True, 2000, 3, 768),
+    (False, True, 2000, 16, 1024), (False, True, 20_000, 2, 1024), (False, True, 3000, 1, 750),
+    (False, False, 2000, 2, 1024), (False, True, 0, 2, 1024),
+])
+def test_default_window_follows_the_build_and_the_gc(monkeypatch, gil, gc_on, threshold,
+                                                     workers, window):
+    monkeypatch.setattr(orderedtask._engine, "gil_enabled", lambda: gil)
+    monkeypatch.setattr(orderedtask._engine.gc, "isenabled", lambda: gc_on)
+    monkeypatch.setattr(orderedtask._engine.gc, "get_threshold", lambda: (threshold, 10, 10))
+    with Pool(workers, double) as pool:
+        assert pool.window == window
+    assert Pool(workers, double, window=3).window == 3  # an explicit window always wins
 
 
 @pytest.mark.parametrize("thing", [5, None, (0, 1), "task"])
