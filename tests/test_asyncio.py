@@ -458,7 +458,8 @@ def test_an_exception_in_the_async_for_body_terminates_the_pool():
 
 def test_cancelling_the_consumer_terminates_the_pool():
     async def main():
-        pool = Pool(1, slow_task)
+        # The window is smaller than the stream: only terminating the pool ends the producer.
+        pool = Pool(1, slow_task, window=100)
         producer = start_producer(pool, (Task(i, i) for i in range(1000)))
         started = asyncio.Event()
 
@@ -471,11 +472,13 @@ def test_cancelling_the_consumer_terminates_the_pool():
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await consumer
-        # The iterator goes with the last reference to it. On 3.10 the cancelled task's
-        # exception keeps the whole frame (the iterator included) alive, so drop the task.
+        # The iterator goes with the last reference to it: the task, once the loop has run the
+        # callbacks still holding it (and on 3.10 the task's exception keeps the whole frame,
+        # the iterator included, alive, so drop the task).
         del consumer
-        assert pool.stats()["closed"]
+        await eventually(lambda: pool.stats()["closed"])
         await asyncio.to_thread(producer.join, WAIT)
+        assert not producer.is_alive()
         await join(pool)
 
     run(main)
