@@ -14,6 +14,9 @@ from typing import Any
 
 from . import IMPLEMENTATION, Pool, Task
 from ._compat import gil_enabled
+from ._engine import default_window
+from ._map import DEFAULT_MAP_WINDOW
+from ._pool import DEFAULT_WINDOW
 from ._decode import pick_decoder
 from . import map as ordered_map
 
@@ -74,6 +77,10 @@ def run(count: int, workers: int, decoder: str, window: int | None) -> int:
     print(f"  python {sys.version.split()[0]}, GIL {'on' if gil_enabled() else 'off'}, "
           f"decoder {name}, core {IMPLEMENTATION}, {workers} workers, {os.cpu_count()} CPUs, "
           f"gc threshold {gc.get_threshold()[0]}")
+    pool_window = window or default_window(DEFAULT_WINDOW, workers)
+    map_window = window or default_window(DEFAULT_MAP_WINDOW, workers)
+    print(f"  window {pool_window:,} (Pool), {map_window:,} (map)"
+          f"{'' if window else ', the defaults for this build and GC threshold'}")
     # Every variant streams: decode, check order, drop, as a consumer that commits offsets would.
     rows = []
 
@@ -155,4 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = min(2, cpus) if gil_enabled() else cpus
     if args.messages < 1 or args.workers < 1:
         parser.error("--messages and --workers must be >= 1")
-    return run(args.messages, args.workers, args.decoder, args.window)
+    if args.window is not None and args.window < 1:
+        parser.error("--window must be >= 1")
+    try:
+        status = run(args.messages, args.workers, args.decoder, args.window)
+        sys.stdout.flush()  # a block-buffered pipe fails here, not at print()
+        return status
+    except BrokenPipeError:
+        # The reader left (`orderedtask demo | head`): quietly, as SIGPIPE would. Point stdout
+        # at /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

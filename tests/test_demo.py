@@ -35,6 +35,7 @@ def test_demo_decodes_in_order_and_reports_honestly() -> None:
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     assert ("GIL on" in out) == gil and ("GIL off" in out) == (not gil)
     assert f"core {orderedtask.IMPLEMENTATION}" in out
+    assert "(Pool)" in out and "the defaults for this build and GC threshold" in out
 
 
 def test_demo_options() -> None:
@@ -42,6 +43,7 @@ def test_demo_options() -> None:
                 "--window", "64")
     assert done.returncode == 0, done.stderr
     assert "decoder json" in done.stdout and "gc threshold 12345" in done.stdout
+    assert "window 64 (Pool), 64 (map)\n" in done.stdout
 
 
 def test_demo_rejects_bad_arguments() -> None:
@@ -50,3 +52,19 @@ def test_demo_rejects_bad_arguments() -> None:
         done = demo(*args)
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr
+
+
+def test_demo_rejects_a_bad_window_and_leaves_quietly_when_the_reader_does() -> None:
+    done = demo("--messages", "100", "--window", "0")
+    assert done.returncode == 2 and "--window must be >= 1" in done.stderr
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as `| head -0` would be
+    try:
+        done = subprocess.run([sys.executable, "-m", "orderedtask", "demo", "--messages", "100"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=PACKAGE_PARENT, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
