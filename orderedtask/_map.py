@@ -125,7 +125,8 @@ def map(
     """Yield ``fn(item)`` for each item, in input order, computed on ``workers`` threads.
 
     The iterable is consumed lazily (endless generators work): at most ``window`` items are
-    in the pool and not yet yielded, plus the one chunk the feeder thread is filling. An
+    in the pool and not yet yielded (``None``: 2,048, or with the GIL off and the GC on, sized
+    from the first GC threshold), plus the one chunk the feeder thread is filling. An
     exception from ``fn`` (or from the iterable) is raised at that item's position, after the
     results before it; the work then stops.
     ``workers`` defaults to ``os.cpu_count()``. ``retries``/``retry_backoff`` retry an item

@@ -36,6 +36,8 @@ class Pool:
     the task is still yielded in its place. ``workerlocal`` is a dict private to one worker
     thread; ``worker_init(workerlocal)`` runs once per worker before its first task.
     At most ``window`` tasks are accepted and not yet consumed; ``enqueue`` blocks beyond that.
+    ``window=None`` means 1,024, or with the GIL off and the GC on a window sized from the
+    first GC threshold (README, "Choosing the window").
     """
 
     def __init__(
