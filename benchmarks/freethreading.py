@@ -19,9 +19,13 @@ import sys
 import threading
 import time
 
-import orderedtask
-from orderedtask._compat import gil_enabled
-from orderedtask._demo import make_messages
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # measure this checkout (its in-place build), as compare.py does
+
+import orderedtask  # noqa: E402
+from orderedtask._compat import gil_enabled  # noqa: E402
+from orderedtask._demo import make_messages  # noqa: E402
 
 ROUNDS = 40  # transform loop length per round; calibrated to --transform-us
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import resource
+import os
 import sys
 import threading
 import time
 
-import orderedtask
-from orderedtask import Pool, Task
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # measure this checkout (its in-place build), as compare.py does
+
+import orderedtask  # noqa: E402
+from orderedtask import Pool, Task  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -15,14 +15,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import threading
 import time
 
-import orderedtask
-from freethreading import calibrate, transform
-from orderedtask._compat import gil_enabled
-from orderedtask._demo import make_messages
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # measure this checkout (its in-place build), as compare.py does
+
+import orderedtask  # noqa: E402
+from freethreading import calibrate, transform  # noqa: E402
+from orderedtask._compat import gil_enabled  # noqa: E402
+from orderedtask._demo import make_messages  # noqa: E402
 
 WINDOWS = [256, 512, 1024, 2048, 4096, 16384]
 
