@@ -14,10 +14,10 @@ from typing import Any
 
 from . import IMPLEMENTATION, Pool, Task
 from ._compat import gil_enabled
+from ._decode import pick_decoder
 from ._engine import default_window
 from ._map import DEFAULT_MAP_WINDOW
 from ._pool import DEFAULT_WINDOW
-from ._decode import pick_decoder
 from . import map as ordered_map
 
 
