@@ -37,7 +37,7 @@ class AsyncStream(Generic[T]):
         self._items: deque[Any] = deque()
         self._handed = 0
         self._done = False
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[bool], AsyncStream[T]] | None = None
 
     def __aiter__(self) -> AsyncStream[T]:
         return self

@@ -33,7 +33,7 @@ from ._map import DEFAULT_MAP_WINDOW, map_tasks
 try:
     import orjson
 except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 PROG = "orderedtask map"
 READ_SIZE = 1 << 18  # bytes per os.read of the input
@@ -120,7 +120,8 @@ def resolve_function(spec: str) -> Callable[[Any], Any]:
                              f"attribute {part!r}") from None
     if not callable(obj):
         raise UsageError(f"--fn {spec}: not callable (it is a {type(obj).__name__})")
-    return obj
+    fn: Callable[[Any], Any] = obj
+    return fn
 
 
 def _name_of(obj: Any) -> str:
@@ -272,7 +273,7 @@ class Progress(threading.Thread):
 
     def __init__(self, counters: Counters) -> None:
         super().__init__(name="orderedtask-map-progress")
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
         self.tqdm = tqdm
         self.counters = counters
@@ -365,7 +366,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _std_fd(stream: Any, what: str) -> int:
     try:
-        return stream.fileno()
+        fd: int = stream.fileno()
+        return fd
     except (AttributeError, OSError, ValueError):
         raise UsageError(f"{what} is closed or not a file") from None
 

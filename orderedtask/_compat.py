@@ -15,7 +15,8 @@ if NO_EXTENSIONS:
     IMPLEMENTATION = "py"
 else:
     try:
-        from ._heapcore import ReorderBuffer
+        # The twins are separate classes with one interface (tests/test_implementation.py).
+        from ._heapcore import ReorderBuffer  # type: ignore[assignment]
     except ImportError:  # no compiler at install time: fall back to the specification
         from ._heapcore_py import ReorderBuffer
 

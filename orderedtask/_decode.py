@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ._compat import gil_enabled
-from ._map import map_tasks
+from ._map import TaskStream, map_tasks
 from ._task import Task
 
 HEAD_BYTES = 40
@@ -97,7 +97,7 @@ def decode(
     backend: str | Executor = "thread",
     window: int | None = None,
     progress: bool = False,
-) -> Iterator[Task]:
+) -> TaskStream:
     """Decode JSON messages in parallel and yield a ``Task`` per message, in input order.
 
     ``messages`` are ``bytes`` (the index is the position) or ``(offset, bytes)`` pairs (the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from time import monotonic, perf_counter
 from typing import Any
 
@@ -383,7 +383,7 @@ class Engine:
     def weigh(self, batch: list[Task]) -> int:
         return len(batch) if self.weight_of is None else sum(map(self.weight_of, batch))
 
-    def batches(self) -> Iterator[list[Task]]:
+    def batches(self) -> Generator[list[Task], None, None]:
         """Yield released tasks in order, a batch at a time; one consumer at a time.
 
         Leaving early (close, exception, garbage collection) terminates the engine.

@@ -7,7 +7,7 @@ import operator
 import os
 import sys
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import closing
@@ -121,7 +121,7 @@ def map(
     retries: int = 0,
     retry_backoff: float = 0.0,
     progress: bool = False,
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """Yield ``fn(item)`` for each item, in input order, computed on ``workers`` threads.
 
     The iterable is consumed lazily (endless generators work): at most ``window`` items are
@@ -139,8 +139,8 @@ def map(
 
 
 def map_tasks(
-    fn: Callable[[T], R],
-    iterable: Iterable[T] | Iterable[tuple[int, T]],
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
     *,
     indexed: bool = False,
     workers: int | None = None,
@@ -179,7 +179,7 @@ def _buffered_hint(iterable: object) -> Callable[[], int] | None:
 def _progress_bar(progress: bool, total: int) -> Any:
     if not progress:
         return None
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
     return tqdm(total=total if total >= 0 else None, unit="item", dynamic_ncols=True,
                 desc="orderedtask.map", file=sys.stderr)
@@ -196,7 +196,8 @@ class TaskStream(Iterator[Task]):
         self._tasks = _results(make_engine, source, bar, buffered, self._engine)
 
     def __next__(self) -> Task:
-        return next(self._tasks)
+        task: Task = next(self._tasks)
+        return task
 
     def stats(self) -> dict[str, Any]:
         """The engine's counters (``Pool.stats()``; its tasks are chunks); {} before the start."""
@@ -209,7 +210,7 @@ class TaskStream(Iterator[Task]):
 
 def _results(make_engine: Callable[[], Engine], source: Iterator[Any], bar: Any,
              buffered: Callable[[], int] | None = None, started: list[Engine] | None = None
-             ) -> Iterator[Any]:
+             ) -> Generator[Any, None, None]:
     # Threads start on the first next(): a map object that is never iterated costs nothing.
     engine = make_engine()
     if started is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Hashable, Iterable
 from concurrent.futures import Executor
 from contextlib import closing
 from types import TracebackType
@@ -119,7 +119,7 @@ class Pool:
             count += 1
         return count
 
-    def results(self) -> Iterator[Task]:
+    def results(self) -> Generator[Task, None, None]:
         """Yield finished tasks in ascending index order; one consumer at a time.
 
         Ends after ``close()`` once every accepted task has been yielded. Leaving the
