@@ -95,8 +95,7 @@ class OffsetCommitter:
             return None
         with self._lock:
             offset = watermark + 1
-            committed = self._committed
-            if committed is not None and offset <= committed:
+            if not self._is_new_locked(offset):
                 return None  # nothing new handled: no commit, however long it has been
             if self._origin is None:
                 self._origin = watermark
@@ -114,9 +113,12 @@ class OffsetCommitter:
             return None
         with self._lock:
             offset = watermark + 1
-            if self._committed is not None and offset <= self._committed:
+            if not self._is_new_locked(offset):
                 return None
             return self._commit_locked(offset)
+
+    def _is_new_locked(self, offset: int) -> bool:
+        return self._committed is None or offset > self._committed
 
     def _commit_locked(self, offset: int) -> int:
         self._commit(offset)  # raises: nothing below changes, the next call retries
