@@ -1,10 +1,11 @@
 """Ordered parallel processing: tasks go in with an index, results come out in index order."""
 
 from ._commit import OffsetCommitter
-from ._compat import IMPLEMENTATION
+from ._core import IMPLEMENTATION
 from ._decode import DecodeError, decode
-from ._errors import PoolClosed, WorkerDied, WorkerInitError
-from ._map import amap, map, map_tasks
+from ._errors import PoolClosed, PoolTerminated, WorkerDied, WorkerInitError
+from ._map import TaskStream, amap, map, map_tasks
+from ._results import Results
 from ._pool import Pool
 from ._task import Task
 
@@ -16,7 +17,10 @@ __all__ = [
     "OffsetCommitter",
     "Pool",
     "PoolClosed",
+    "PoolTerminated",
+    "Results",
     "Task",
+    "TaskStream",
     "WorkerDied",
     "WorkerInitError",
     "amap",

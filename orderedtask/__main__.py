@@ -1,41 +1,8 @@
-"""Command line: ``orderedtask demo`` and ``orderedtask map`` (also ``python -m orderedtask``)."""
-
-from __future__ import annotations
+"""``python -m orderedtask``: the command line (``orderedtask._cli``)."""
 
 import sys
 
-USAGE = """\
-usage: orderedtask {demo,map} ...
-
-commands:
-  demo  decode a Kafka-like JSON stream in parallel, in offset order, and compare with a plain
-        loop: orderedtask demo [--messages N] [--workers W] [--window W]
-        [--decoder auto|orjson|json]
-  map   apply MODULE:FUNCTION to each input line on several workers, results in input order
-        (the `parallel --keep-order` of Python): orderedtask map --fn MODULE:FUNCTION
-        [--workers N] [--backend thread|process] [--window W] [--input FILE|-]
-        [--output FILE|-] [--json] [--progress]
-
-`orderedtask COMMAND --help` describes a command."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stdout if args else sys.stderr)
-        return 0 if args else 2
-    if args[0] == "demo":
-        from ._demo import main as demo
-
-        return demo(args[1:])
-    if args[0] == "map":
-        from ._cli import main as map_command
-
-        return map_command(args[1:])
-    print(f"orderedtask: unknown command {args[0]!r} (try: orderedtask demo, orderedtask map)",
-          file=sys.stderr)
-    return 2
-
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,58 +1,42 @@
-"""Async iterators over an engine's released tasks, for ``Pool.aresults()`` and ``amap``.
+"""asyncio faces of a cursor: ``Pool.aresults()`` and ``amap``.
 
-They are classes, not async generators, so that cancelling one ``__anext__`` (a timeout around
-it) loses nothing: the iterator stays usable and the pool keeps running. Leaving for good is
-``aclose()`` (or ``contextlib.aclosing``), or dropping the iterator: that terminates the pool.
+``AsyncResults`` polls the cursor, which never waits: when nothing is released yet, the
+cursor arms a waker that the workers call through ``loop.call_soon_threadsafe``. A cancelled
+``__anext__`` (a timeout around it) therefore takes nothing and loses nothing; leaving for
+good is ``aclose()`` (or ``contextlib.aclosing``), or dropping the iterator, which terminates
+the pool. What the consumer sees is the cursor's rule, the same as the synchronous API's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
-from ._engine import Engine
-from ._task import Task
+from . import _core
 
 T = TypeVar("T")
 
-
-class _Raise:
-    """Queued in place of an item: raise this error when the consumer reaches it."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+# How often a feeder waiting on an async source checks whether the work was abandoned.
+PULL_CHECK_SECONDS = 0.05
 
 
-class AsyncStream(Generic[T]):
-    """Base: waits for released batches without blocking the loop; subclasses expand them."""
+class AsyncResults(Generic[T]):
+    """An async iterator over a cursor's items; never blocks the event loop."""
 
-    def __init__(self, start: Callable[[], Engine]) -> None:
-        self._start = start
-        self._engine: Engine | None = None
-        self._items: deque[Any] = deque()
-        self._handed = 0
-        self._done = False
-        self._finalizer: weakref.finalize[[bool], AsyncStream[T]] | None = None
+    __slots__ = ("_cursor",)
 
-    def __aiter__(self) -> AsyncStream[T]:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def __aiter__(self) -> AsyncResults[T]:
         return self
 
     async def __anext__(self) -> T:
-        if self._done:
-            raise StopAsyncIteration
-        engine = self._engine
-        if engine is None:
-            engine = self._engine = self._start()
-            engine.claim()
-            # Dropped while running: terminate, as an abandoned generator would.
-            self._finalizer = weakref.finalize(self, engine.unclaim, False)
+        cursor = self._cursor
         loop = asyncio.get_running_loop()
-        while not self._items:
+        while True:
             wake = asyncio.Event()
 
             def waker(wake: asyncio.Event = wake) -> None:
@@ -61,73 +45,54 @@ class AsyncStream(Generic[T]):
                 except RuntimeError:  # the loop is closed: its consumer is gone
                     pass
 
-            batch = engine.next_batch(self._handed, waker=waker)
-            self._handed = 0
-            if batch is None:
-                self._finish(completed=True)
-                raise StopAsyncIteration
-            if not batch:
-                await wake.wait()  # cancelled here: nothing was taken, nothing is lost
-                continue
-            self._handed = engine.weigh(batch)
-            self._expand(batch)
-        item = self._items.popleft()
-        if isinstance(item, _Raise):
-            self._finish(completed=False)
-            if isinstance(item.error, StopAsyncIteration):  # would end the loop silently
-                raise RuntimeError("fn raised StopAsyncIteration") from item.error
-            raise item.error
-        return self._take(engine, item)
-
-    def _expand(self, batch: list[Task]) -> None:
-        raise NotImplementedError
-
-    def _take(self, engine: Engine, item: Any) -> T:
-        return item  # type: ignore[no-any-return]
-
-    def _finish(self, completed: bool) -> None:
-        self._done = True
-        self._items.clear()
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            assert self._engine is not None
-            self._engine.unclaim(completed)
+            try:
+                item = cursor.poll(waker)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except StopAsyncIteration as exc:  # fn's: it would end the caller's loop silently
+                raise RuntimeError("fn raised StopAsyncIteration") from exc
+            if item is not _core.NOT_READY:
+                return item  # type: ignore[no-any-return]
+            await wake.wait()  # cancelled here: nothing was taken, nothing is lost
 
     async def aclose(self) -> None:
         """Stop iterating; if the stream had not ended, terminate the pool."""
-        if not self._done:
-            self._finish(completed=False)
-            self._done = True
+        self._cursor.close()
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters."""
+        stats: dict[str, Any] = self._cursor.stats()
+        return stats
 
 
-class TaskResults(AsyncStream[Task]):
-    """``Pool.aresults()``: tasks in order; a fatal ``BaseException`` on a task is raised."""
+def pull_from_loop(iterable: AsyncIterable[Any], loop: asyncio.AbstractEventLoop,
+                   engine: Any) -> Iterator[Any]:
+    """Iterate an async iterable from the feeder thread, each step run on the event loop.
 
-    def _expand(self, batch: list[Task]) -> None:
-        items = self._items
-        for task in batch:
-            error = task.error
-            if error is not None and not isinstance(error, Exception):
-                items.append(_Raise(error))
+    The wait for a step gives up once the engine stops or the loop closes, so an abandoned
+    ``amap`` never strands its feeder thread.
+    """
+    iterator = aiter(iterable)
+
+    async def step() -> Any:
+        return await anext(iterator)
+
+    while not engine.stopping:
+        coroutine = step()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
+            return
+        while True:
+            try:
+                item = future.result(timeout=PULL_CHECK_SECONDS)
+            except FutureTimeout:
+                if engine.stopping or loop.is_closed():
+                    future.cancel()
+                    return
+                continue
+            except StopAsyncIteration:
                 return
-            items.append(task)
-
-    def _take(self, engine: Engine, task: Task) -> Task:
-        engine.watermark = task.index
-        engine.yielded += 1
-        return task
-
-
-class ItemResults(AsyncStream[Any]):
-    """``amap``: each chunk's results in order; an error is raised at its item's place."""
-
-    def _expand(self, batch: list[Task]) -> None:
-        items = self._items
-        assert self._engine is not None
-        for chunk in batch:
-            out = chunk.output
-            self._engine.yielded += len(out)
-            items.extend(out)
-            if chunk.error is not None:
-                items.append(_Raise(chunk.error))
-                return
+            break
+        yield item

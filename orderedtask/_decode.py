@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from ._compat import gil_enabled
+from ._core import gil_enabled
 from ._map import TaskStream, map_tasks
 from ._task import Task
 

@@ -1,40 +1,31 @@
-"""``Pool``: the seed's ordered task pool, with backpressure, errors in place and a watermark."""
+"""``Pool``: the ordered task pool, with backpressure, errors in place and a watermark."""
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Hashable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from concurrent.futures import Executor
-from contextlib import closing
+from time import monotonic
 from types import TracebackType
 from typing import Any
 
-from ._backends import check_retries, make_backend
-from ._engine import Engine, check_callable, check_window, check_workers, default_window
+from . import _core
+from ._backends import make_backend
+from ._options import (POOL_WINDOW, check_callable, check_retries, check_timeout, check_window,
+                       check_workers, default_window)
+from ._results import Results
 from ._task import Task
 
-#: Default window: tasks accepted but not yet consumed. Measured (benchmarks/window.py, README
-#: "Choosing the window"): 256-1,024 is fastest on small tasks, and enough to keep 12+
-#: workers busy on 1 ms tasks; larger windows only hold more results in memory. With the GIL
-#: off and the GC on, it follows the GC threshold (``_engine.default_window``).
-DEFAULT_WINDOW = 1024
-
 WorkerFn = Callable[[dict[str, Any], Task], Any]
-
-
-def _raise_fatal(engine: Engine, task: Task) -> None:
-    error = task.error
-    if error is not None and not isinstance(error, Exception):
-        engine.terminate()
-        raise error
 
 
 class Pool:
     """Runs ``fn(workerlocal, task)`` on ``workers`` threads; yields tasks in index order.
 
     ``fn`` writes ``task.output``; an ``Exception`` it raises is stored on ``task.error`` and
-    the task is still yielded in its place. ``workerlocal`` is a dict private to one worker
-    thread; ``worker_init(workerlocal)`` runs once per worker before its first task.
+    the task is still yielded in its place. ``workerlocal`` is a dict private to one worker;
+    ``worker_init(workerlocal)`` runs once per worker before its first task.
     At most ``window`` tasks are accepted and not yet consumed; ``enqueue`` blocks beyond that.
     ``window=None`` means 1,024, or with the GIL off and the GC on a window sized from the
     first GC threshold (README, "Choosing the window").
@@ -56,22 +47,27 @@ class Pool:
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
         check_callable("key", key, optional=True)
-        window = check_window(window, default_window(DEFAULT_WINDOW, workers))
-        retry = check_retries(retries, retry_backoff)
-        self._engine = Engine(
-            workers, make_backend(backend, fn, worker_init, retry), window, "orderedtask",
-            key=key,
-        )
-        # Workers reference the engine only, so an unreachable pool is collected and stops them.
-        self._finalizer = weakref.finalize(self, self._engine.terminate)
+        window = check_window(window, default_window(POOL_WINDOW, workers))
+        retries, retry_backoff = check_retries(retries, retry_backoff)
+        runner = _core.Runner(_core.POOL, fn, retries, retry_backoff)
+        self._backend = make_backend(backend, runner, worker_init)
+        self._engine = _core.Engine(window, _core.POOL, keyed=key is not None,
+                                    batch_seconds=self._backend.batch_seconds,
+                                    on_terminate=self._backend.stopper())
+        self._key = key
+        self._workers = workers
+        # The finalizer reaches the engine only (and through it the backend's stopper), never
+        # fn: a pool that fn refers to is still collected, and that terminates it.
+        self._finalizer = weakref.finalize(self, self._engine.terminate_soon)
+        self._threads = self._backend.start(self._engine, workers, "orderedtask")
 
     @property
     def workers(self) -> int:
-        return self._engine.workers
+        return self._workers
 
     @property
     def window(self) -> int:
-        return self._engine.window
+        return int(self._engine.window)
 
     @property
     def watermark(self) -> int | None:
@@ -80,88 +76,102 @@ class Pool:
         ``None`` before the first task is yielded. A Kafka consumer commits ``watermark + 1``
         once it has handled the tasks ``results()`` gave it.
         """
-        return self._engine.watermark
+        watermark: int | None = self._engine.watermark
+        return watermark
 
     def enqueue(self, task: Task, timeout: float | None = None) -> None:
         """Accept ``task``; block while ``window`` tasks are accepted and not yet consumed.
 
-        Raises ``TypeError``/``ValueError``/``OverflowError`` for a bad index (the pool is
-        unchanged), ``TimeoutError`` when ``timeout`` seconds pass with the window full,
-        ``PoolClosed`` after ``close()``. Safe to call from several threads.
+        Raises ``TypeError``/``ValueError``/``OverflowError`` for a bad task or index (the
+        pool is unchanged), ``TimeoutError`` when ``timeout`` seconds pass with the window
+        full, ``PoolClosed`` after ``close()``, ``RuntimeError`` from a thread the wait would
+        deadlock (the consumer's, or a worker's). Safe to call from several threads.
         """
-        if type(task) is not Task and not isinstance(task, Task):
+        timeout = check_timeout(timeout)
+        if self._key is None:
+            self._engine.put_task(task, None, timeout)
+            return
+        if not isinstance(task, Task):
             raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
-        self._engine.put(task, 1, timeout)
+        self._engine.put_task(task, self._key(task), timeout)
 
     def enqueue_many(self, tasks: Iterable[Task], timeout: float | None = None) -> int:
         """Enqueue each task in turn; return how many were accepted.
 
-        A list or tuple is accepted a window's room at a time under one lock acquisition
-        (much cheaper per task than ``enqueue``); pass lists of a few hundred tasks, since the
-        list keeps every task (and its output) alive until this returns. Other iterables are
-        consumed one task at a time, so a slow iterable never holds tasks back. On an error, the tasks before the bad
-        one stay accepted and the error is raised.
+        A list or tuple is checked whole first (a task of the wrong type, or a bad index,
+        raises before any is accepted), then accepted a window's room at a time under one
+        lock round (much cheaper per task than ``enqueue``); pass lists of a few hundred
+        tasks, since the list keeps every task (and its output) alive until this returns.
+        Other iterables are consumed one task at a time, so a slow iterable never holds tasks
+        back. A task the pool's state refuses (a duplicate index, one not above the last
+        released, a closed pool) raises after the tasks before it were accepted.
         """
+        timeout = check_timeout(timeout)
         if isinstance(tasks, (list, tuple)):
-            for position, task in enumerate(tasks):
-                if not isinstance(task, Task):
-                    self._engine.put_many(list(tasks[:position]), timeout)
-                    raise TypeError(
-                        f"enqueue_many() takes orderedtask.Task items, not {type(task).__name__}")
-            return self._engine.put_many(list(tasks), timeout)
-        put = self._engine.put
+            keys = None
+            if self._key is not None:
+                for position, task in enumerate(tasks):
+                    if not isinstance(task, Task):
+                        raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
+                                        f"{type(task).__name__} (at position {position})")
+                keys = [self._key(task) for task in tasks]
+            accepted: int = self._engine.put_tasks(tasks, keys, timeout)
+            return accepted
         count = 0
         for task in tasks:
-            if not isinstance(task, Task):
-                raise TypeError(
-                    f"enqueue_many() takes orderedtask.Task items, not {type(task).__name__}")
-            put(task, 1, timeout)
+            self.enqueue(task, timeout)
             count += 1
         return count
 
-    def results(self) -> Generator[Task, None, None]:
+    def results(self) -> Results[Task]:
         """Yield finished tasks in ascending index order; one consumer at a time.
 
         Ends after ``close()`` once every accepted task has been yielded. Leaving the
-        iteration early terminates the pool. If ``fn`` raised a ``BaseException`` that is not
-        an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``...), the tasks before it are
-        yielded, then it is raised here and the pool is terminated.
+        iteration early (``break``, ``close()``, an exception) terminates the pool. If ``fn``
+        raised a ``BaseException`` that is not an ``Exception`` (``SystemExit``,
+        ``KeyboardInterrupt``...), the tasks before it are yielded, then it is raised here and
+        the pool is terminated. If the pool is terminated from elsewhere, ``PoolTerminated``
+        is raised at the first task it can no longer yield.
         """
-        engine = self._engine
-        with closing(engine.batches()) as batches:
-            for batch in batches:
-                for task in batch:
-                    _raise_fatal(engine, task)
-                    engine.watermark = task.index
-                    engine.yielded += 1
-                    yield task
+        cursor: Results[Task] = _core.Cursor(self._engine, _core.Cursor.POOL)
+        return cursor
 
     def aresults(self) -> AsyncIterator[Task]:
         """``results()`` for asyncio: ``async for task in pool.aresults()``.
 
-        Never blocks the event loop: it waits for released tasks through a wake-up that the
-        workers schedule on the loop. A cancelled ``__anext__`` (a timeout around it) loses
+        Never blocks the event loop. A cancelled ``__anext__`` (a timeout around it) loses
         nothing; ``aclose()`` or dropping the iterator before the end terminates the pool.
         """
-        from ._aio import TaskResults  # imports asyncio: only for those who use it
+        from ._aio import AsyncResults  # imports asyncio: only for those who use it
 
-        return TaskResults(lambda: self._engine)
+        return AsyncResults(_core.Cursor(self._engine, _core.Cursor.POOL))
 
     def close(self) -> None:
         """Stop accepting tasks; those accepted still run and are yielded. Idempotent."""
         self._engine.close()
 
     def terminate(self) -> None:
-        """Stop now: drop tasks no worker has started; ``results()`` ends. Idempotent."""
+        """Stop now: drop tasks not yet yielded and stop the workers, starting ones too.
+
+        A consumer iterating ``results()`` gets ``PoolTerminated`` at the first dropped task.
+        Idempotent.
+        """
         self._engine.terminate()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the worker threads to exit (after ``close``/``terminate``)."""
-        return self._engine.join(timeout)
+        """Wait for the worker threads to exit (after ``close``/``terminate``); True if all did."""
+        timeout = check_timeout(timeout)
+        if threading.current_thread() in self._threads:
+            raise RuntimeError("a worker cannot join its own pool")
+        deadline = None if timeout is None else monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the pool's counters."""
-        return self._engine.stats()
+        stats: dict[str, Any] = self._engine.stats()
+        return stats
 
     def __enter__(self) -> Pool:
         return self

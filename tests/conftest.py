@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import orderedtask._engine
-from support import NO_EXTENSIONS, load_twin
+import orderedtask._core
+from support import CORE_NAMES, NO_EXTENSIONS, load_twin
 
 TWIN_PARAMS = [
     pytest.param(
@@ -24,13 +24,21 @@ THREAD_LEAK_GRACE_SECONDS = 5.0
 @pytest.fixture(scope="session", params=TWIN_PARAMS)
 def buffer_cls(request: pytest.FixtureRequest) -> type:
     """Each ReorderBuffer twin in turn."""
+    return load_twin(request.param).ReorderBuffer
+
+
+@pytest.fixture(scope="session", params=TWIN_PARAMS)
+def core(request: pytest.FixtureRequest):
+    """Each core twin module in turn (for tests of the engine itself)."""
     return load_twin(request.param)
 
 
 @pytest.fixture(params=TWIN_PARAMS)
 def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a Pool/map test on each twin: every Engine built during the test uses it."""
-    monkeypatch.setattr(orderedtask._engine, "ReorderBuffer", load_twin(request.param))
+    """Runs a Pool/map test on each twin: every engine built during the test is of that twin."""
+    module = load_twin(request.param)
+    for name in CORE_NAMES:
+        monkeypatch.setattr(orderedtask._core, name, getattr(module, name))
     return request.param
 
 

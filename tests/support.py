@@ -5,21 +5,25 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from types import ModuleType
 
 import pytest
 
-# Same rule as orderedtask._compat: any non-empty value selects the pure-Python core.
+# Same rule as orderedtask._core: any non-empty value selects the pure-Python core.
 NO_EXTENSIONS = bool(os.environ.get("ORDEREDTASK_NO_EXTENSIONS"))
 
+# What the shell reads from orderedtask._core at call time: the twin fixture swaps these.
+CORE_NAMES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner", "NOT_READY", "as_index")
 
-def load_twin(name: str) -> type:
-    """The ReorderBuffer class of one twin: "c" (compiled) or "py" (the specification)."""
+
+def load_twin(name: str) -> ModuleType:
+    """One core twin: "c" (compiled) or "py" (the specification)."""
     if name == "c":
         # No skip on ImportError: a missing build must fail loudly, not vanish.
-        from orderedtask._heapcore import ReorderBuffer
+        from orderedtask._core import _core_c as core
     else:
-        from orderedtask._heapcore_py import ReorderBuffer
-    return ReorderBuffer
+        from orderedtask._core import _core_py as core
+    return core
 
 
 def collect_until_error(iterable: Iterable) -> tuple[list, BaseException | None]:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import pytest
 
 import orderedtask
-from orderedtask import Pool, PoolClosed, Task
+from orderedtask import Pool, PoolClosed, PoolTerminated, Task
 
 # A broken async pool tends to hang: fail after a minute rather than the global 300 s.
 pytestmark = [pytest.mark.usefixtures("twin", "no_thread_leak"), pytest.mark.timeout(60)]
@@ -571,16 +571,24 @@ def test_terminate_from_another_thread_ends_a_waiting_consumer():
     async def main():
         pool = Pool(1, slow_task, window=200)  # room for all: enqueue never waits here
         pool.enqueue_many(Task(i, i) for i in range(200))
-        consumer = asyncio.create_task(asyncio.wait_for(_collect(pool.aresults()), WAIT))
+        got: list[int] = []
+
+        async def collect() -> None:
+            async for task in pool.aresults():
+                got.append(task.index)
+
+        consumer = asyncio.create_task(asyncio.wait_for(collect(), WAIT))
         await asyncio.sleep(0.05)
         await asyncio.to_thread(pool.terminate)
-        got = await consumer
+        with pytest.raises(PoolTerminated) as info:  # the consumer learns what was dropped
+            await consumer
         await join(pool)
-        return got
+        return got, info.value
 
-    got = run(main)
+    got, terminated = run(main)
     assert got == list(range(len(got)))  # a prefix, in order; the rest was dropped
     assert len(got) < 200
+    assert (terminated.dropped, terminated.index) == (200 - len(got), len(got))
 
 
 async def _collect(results) -> list[int]:

@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 import orderedtask
-from orderedtask import _backends
-from orderedtask._backends import NO_RETRY
+from orderedtask import _core
+from orderedtask._backends import _executor
 from support import run_pool
 from orderedtask import Pool, PoolClosed, Task, WorkerDied, WorkerInitError
 
@@ -200,30 +200,31 @@ class TestExecutorBackend:
                     out = run_pool(pool, [Task(i, i) for i in range(20)])
                 assert [t.error for t in out] == [None] * 20
                 assert all(t.output[1] == 1 for t in out)
-        tokens = {_backends.ExecutorBackend(executor, echo, None, NO_RETRY).token for _ in range(100)}
+        runner = _core.Runner(_core.POOL, echo)
+        tokens = {_executor.ExecutorBackend(executor, runner, None).token for _ in range(100)}
         assert len(tokens) == 100
 
     def test_executor_threads_keep_only_recent_workerlocals(self) -> None:
         inits: list[str] = []
 
         def run(token: str) -> None:
-            _backends.run_on_executor(token, echo, lambda wl: inits.append(token), NO_RETRY,
-                                      [(0, 0)])
+            _executor.run_on_executor(token, _core.Runner(_core.POOL, echo),
+                                      lambda wl: inits.append(token), [0], [0])
 
         def in_one_thread() -> int:
             first = "pool-0"
             run(first)
-            for n in range(1, _backends.WORKERLOCALS_PER_THREAD):
+            for n in range(1, _executor.WORKERLOCALS_PER_THREAD):
                 run(f"pool-{n}")
                 run(first)  # recently used: kept
             run("one-more")  # pushes out the least recently used, pool-1
             run(first)
             run("pool-1")
-            return len(_backends._local.workerlocals)
+            return len(_executor._local.workerlocals)
 
         with ThreadPoolExecutor(1) as executor:
             held = executor.submit(in_one_thread).result()
-        assert held == _backends.WORKERLOCALS_PER_THREAD
+        assert held == _executor.WORKERLOCALS_PER_THREAD
         assert inits.count("pool-0") == 1 and inits.count("pool-1") == 2
 
     def test_executor_failure_fails_the_batch(self, no_thread_leak) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import orderedtask
-from orderedtask._map import DEFAULT_MAP_WINDOW, MAX_CHUNK
+from orderedtask._options import MAP_WINDOW
 from support import bad_call, collect_until_error
 
 # A broken map tends to hang: fail after a minute rather than the global 300 s.
@@ -50,9 +50,8 @@ def broken_source(good: int, exc: BaseException):
 
 
 def feeder_slack(window: int, workers: int) -> int:
-    """Items the feeder may hold beyond the window: one chunk, which _map sizes to at most
-    max(1, min(MAX_CHUNK, window // (2 * workers)))."""
-    return max(1, min(MAX_CHUNK, window // (2 * workers)))
+    """Items the feeder may hold beyond the window: the one it pulled and waits to put."""
+    return 1
 
 
 # -- results -----------------------------------------------------------------------------
@@ -127,13 +126,13 @@ def test_never_iterated_map_starts_no_thread():
     del results
 
 
-@pytest.mark.parametrize("gil, window", [(True, DEFAULT_MAP_WINDOW), (False, 512)])
+@pytest.mark.parametrize("gil, window", [(True, MAP_WINDOW), (False, 512)])
 def test_default_window(monkeypatch, gil, window):
     # With the GIL off, the default GC threshold and two workers the default shrinks
-    # (see _engine.default_window).
-    monkeypatch.setattr(orderedtask._engine, "gil_enabled", lambda: gil)
-    monkeypatch.setattr(orderedtask._engine.gc, "isenabled", lambda: True)
-    monkeypatch.setattr(orderedtask._engine.gc, "get_threshold", lambda: (2000, 10, 10))
+    # (see _options.default_window).
+    monkeypatch.setattr(orderedtask._options, "gil_enabled", lambda: gil)
+    monkeypatch.setattr(orderedtask._options.gc, "isenabled", lambda: True)
+    monkeypatch.setattr(orderedtask._options.gc, "get_threshold", lambda: (2000, 10, 10))
     source = Counting()
     results = orderedtask.map(square_plus_one, source, workers=2)
     assert next(results) == 1

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 import pytest
 
 import orderedtask
-from orderedtask._engine import default_window
-from orderedtask import Pool, PoolClosed, Task, WorkerInitError
+from orderedtask._options import POOL_WINDOW, default_window
+from orderedtask import Pool, PoolClosed, PoolTerminated, Task, WorkerInitError
 from support import bad_call, collect_until_error
 
 # A broken pool tends to hang: fail after a minute rather than the global 300 s.
@@ -178,14 +178,17 @@ def test_enqueue_many():
         assert pool.enqueue_many(Task(i, i) for i in range(50)) == 50
         assert pool.enqueue_many([]) == 0
         with pytest.raises(TypeError, match="Task items, not int"):
-            pool.enqueue_many([Task(50, 50), 51])
+            pool.enqueue_many([Task(50, 50), 51])  # checked whole first: nothing accepted
+        with pytest.raises(TypeError, match="task index must be an int"):
+            pool.enqueue_many([Task(50, 50), Task("51")])
+        assert core_stats(pool)["accepted"] == 50
         with pytest.raises(ValueError, match="task index 52 is already pending"):
             pool.enqueue_many([Task(51, 51), Task(52, 52), Task(52, 0)])
-        assert core_stats(pool)["accepted"] == 53  # those before the bad one stay accepted
+        assert core_stats(pool)["accepted"] == 52  # those before the refused one stay accepted
         pool.close()
         out = list(pool.results())
-    assert indices(out) == list(range(53))
-    assert [task.output for task in out] == [2 * i for i in range(53)]
+    assert indices(out) == list(range(50)) + [51, 52]
+    assert [task.output for task in out] == [2 * i for i in range(50)] + [102, 104]
 
 
 # -- lifecycle ---------------------------------------------------------------------------
@@ -251,7 +254,9 @@ def test_context_manager_exception_exit_terminates_and_joins():
     assert pool.join(0)
     with pytest.raises(PoolClosed):
         pool.enqueue(Task(10))
-    assert list(pool.results()) == []  # terminated: whatever was left is dropped
+    with pytest.raises(PoolTerminated) as info:  # terminated: what was left is dropped, and said
+        list(pool.results())
+    assert (info.value.dropped, info.value.index) == (10, 0)
 
 
 def test_terminate_drops_queued_tasks_and_ends_results():
@@ -262,7 +267,8 @@ def test_terminate_drops_queued_tasks_and_ends_results():
     pool.terminate()
     pool.terminate()  # idempotent
     gate.open()
-    assert list(pool.results()) == []
+    with pytest.raises(PoolTerminated, match="10 accepted task"):
+        list(pool.results())
     assert pool.join(WAIT)
     with pytest.raises(PoolClosed):
         pool.enqueue(Task(10))
@@ -304,7 +310,7 @@ def test_properties():
         assert (pool.workers, pool.window) == (3, 7)
         assert repr(pool) == "<orderedtask.Pool workers=3 window=7 open>"
     with Pool(1, double) as pool:
-        assert pool.window == default_window(orderedtask._pool.DEFAULT_WINDOW, 1)
+        assert pool.window == default_window(POOL_WINDOW, 1)
 
 
 @pytest.mark.parametrize("gil, gc_on, threshold, workers, window", [
@@ -317,9 +323,9 @@ def test_properties():
 ])
 def test_default_window_follows_the_build_and_the_gc(monkeypatch, gil, gc_on, threshold,
                                                      workers, window):
-    monkeypatch.setattr(orderedtask._engine, "gil_enabled", lambda: gil)
-    monkeypatch.setattr(orderedtask._engine.gc, "isenabled", lambda: gc_on)
-    monkeypatch.setattr(orderedtask._engine.gc, "get_threshold", lambda: (threshold, 10, 10))
+    monkeypatch.setattr(orderedtask._options, "gil_enabled", lambda: gil)
+    monkeypatch.setattr(orderedtask._options.gc, "isenabled", lambda: gc_on)
+    monkeypatch.setattr(orderedtask._options.gc, "get_threshold", lambda: (threshold, 10, 10))
     with Pool(workers, double) as pool:
         assert pool.window == window
     assert Pool(workers, double, window=3).window == 3  # an explicit window always wins
@@ -451,7 +457,7 @@ def test_watermark_follows_the_last_yielded_index():
         assert pool.stats()["watermark"] == gaps[-1]
 
 
-STATS_KEYS = {"accepted", "queued", "pending", "ready", "outstanding", "watermark", "closed"}
+STATS_KEYS = {"accepted", "queued", "pending", "released", "outstanding", "watermark", "closed"}
 
 
 def core_stats(pool: Pool) -> dict:
@@ -463,17 +469,17 @@ def core_stats(pool: Pool) -> dict:
 def test_stats():
     gate = Gate(blocked=0)
     with Pool(2, gate, window=10) as pool:
-        assert core_stats(pool) == {"accepted": 0, "queued": 0, "pending": 0, "ready": 0,
+        assert core_stats(pool) == {"accepted": 0, "queued": 0, "pending": 0, "released": 0,
                                     "outstanding": 0, "watermark": None, "closed": False}
         for i in range(5):
             pool.enqueue(Task(i, i))
         stats = core_stats(pool)
         assert (stats["accepted"], stats["pending"], stats["outstanding"]) == (5, 5, 5)
-        assert stats["ready"] == 0  # the head task is held: nothing is released
+        assert stats["released"] == 0  # the head task is held: nothing is released
         gate.open()
         pool.close()
         assert len(list(pool.results())) == 5
-        assert core_stats(pool) == {"accepted": 5, "queued": 0, "pending": 0, "ready": 0,
+        assert core_stats(pool) == {"accepted": 5, "queued": 0, "pending": 0, "released": 0,
                                     "outstanding": 0, "watermark": 4, "closed": True}
 
 

@@ -1,7 +1,8 @@
-"""Reference reorder core: the seed's two min-heaps over unsigned 64-bit indices.
+"""``ReorderBuffer``: two min-heaps over unsigned 64-bit indices, the specification of
+``_reorder.pxi`` (same names, signatures, docstrings and errors).
 
-This module is the executable specification of ``_heapcore.pyx``: same names, signatures,
-docstrings and errors. ``ORDEREDTASK_NO_EXTENSIONS=1`` selects it.
+The engine keeps its own reorder state; this buffer is the stand-alone form, for code that
+finishes items out of order and releases them in order (one per Kafka partition, say).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import threading
 from heapq import heappop, heappush
 from typing import Any
 
-__all__ = ["ReorderBuffer"]
+__all__ = ["ReorderBuffer", "as_index"]
 
 _LIMIT = 2**64
 _NOT_FINISHED = object()
 
 
-def _as_index(index: object) -> int:
+def as_index(index: object) -> int:
     if type(index) is not int:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"task index must be an int, not {type(index).__name__} ({index!r})")
@@ -63,7 +64,7 @@ class ReorderBuffer:
         than the last released index, or already pending) or ``OverflowError`` (>= 2**64).
         The buffer is unchanged when it raises.
         """
-        value = _as_index(index)
+        value = as_index(index)
         with self._lock:
             if self._last_released is not None and value <= self._last_released:
                 raise ValueError(
@@ -81,7 +82,7 @@ class ReorderBuffer:
         Raises ``ValueError`` if ``index`` is not pending or already finished, and the index
         errors of ``accept``. The buffer is unchanged when it raises.
         """
-        value = _as_index(index)
+        value = as_index(index)
         with self._lock:
             slot = self._slots.get(value, None)
             if value not in self._slots:

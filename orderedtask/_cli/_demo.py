@@ -12,13 +12,11 @@ import threading
 import time
 from typing import Any
 
-from . import IMPLEMENTATION, Pool, Task
-from ._compat import gil_enabled
-from ._decode import pick_decoder
-from ._engine import default_window
-from ._map import DEFAULT_MAP_WINDOW
-from ._pool import DEFAULT_WINDOW
-from . import map as ordered_map
+from .. import IMPLEMENTATION, Pool, Task
+from .. import map as ordered_map
+from .._core import gil_enabled
+from .._decode import pick_decoder
+from .._options import MAP_WINDOW, POOL_WINDOW, default_window
 
 
 GC_HINT_THRESHOLD = 20_000
@@ -77,8 +75,8 @@ def run(count: int, workers: int, decoder: str, window: int | None) -> int:
     print(f"  python {sys.version.split()[0]}, GIL {'on' if gil_enabled() else 'off'}, "
           f"decoder {name}, core {IMPLEMENTATION}, {workers} workers, {os.cpu_count()} CPUs, "
           f"gc threshold {gc.get_threshold()[0]}")
-    pool_window = window or default_window(DEFAULT_WINDOW, workers)
-    map_window = window or default_window(DEFAULT_MAP_WINDOW, workers)
+    pool_window = window or default_window(POOL_WINDOW, workers)
+    map_window = window or default_window(MAP_WINDOW, workers)
     print(f"  window {pool_window:,} (Pool), {map_window:,} (map)"
           f"{'' if window else ', the defaults for this build and GC threshold'}")
     # Every variant streams: decode, check order, drop, as a consumer that commits offsets would.

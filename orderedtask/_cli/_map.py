@@ -28,7 +28,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._map import DEFAULT_MAP_WINDOW, map_tasks
+from .._map import map_tasks
+from .._options import MAP_WINDOW
 
 try:
     import orjson
@@ -350,7 +351,7 @@ def make_parser() -> argparse.ArgumentParser:
                              "that holds the GIL")
     parser.add_argument("--window", type=_positive_int, default=None, metavar="W",
                         help="at most W lines inside the pool at once: taken from the input "
-                             f"and not yet handed on in order (default: {DEFAULT_MAP_WINDOW}; with the "
+                             f"and not yet handed on in order (default: {MAP_WINDOW}; with the "
                              "GIL off, sized from the GC threshold)")
     parser.add_argument("--input", default="-", metavar="FILE",
                         help="input file, '-' for stdin (default)")

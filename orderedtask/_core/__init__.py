@@ -1,0 +1,53 @@
+"""The core: the engine's mechanism, compiled (``_core_c``) or its pure-Python twin (``_core_py``).
+
+This is the one place that picks the twin: the compiled one unless ``ORDEREDTASK_NO_EXTENSIONS``
+is set (or the extension is missing). The shell reads the classes from this module at call
+time (``_core.Engine``), so a test can switch twins by patching them here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import ModuleType
+
+NO_EXTENSIONS = bool(os.environ.get("ORDEREDTASK_NO_EXTENSIONS")) or (
+    sys.implementation.name != "cpython"
+)
+
+
+def _select() -> tuple[ModuleType, str]:
+    if not NO_EXTENSIONS:
+        try:
+            from . import _core_c
+        except ImportError:  # no compiler at install time: fall back to the specification
+            pass
+        else:
+            return _core_c, "c"
+    from . import _core_py
+
+    return _core_py, "py"
+
+
+impl, IMPLEMENTATION = _select()
+
+Batch = impl.Batch
+Cursor = impl.Cursor
+Engine = impl.Engine
+ReorderBuffer = impl.ReorderBuffer
+Runner = impl.Runner
+MAP: int = impl.MAP
+POOL: int = impl.POOL
+MAX_BATCH: int = impl.MAX_BATCH
+NOT_READY = impl.NOT_READY
+as_index = impl.as_index
+
+
+def gil_enabled() -> bool:
+    """True unless this is a free-threaded interpreter running with the GIL off."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+__all__ = ["IMPLEMENTATION", "MAP", "MAX_BATCH", "NOT_READY", "NO_EXTENSIONS", "POOL", "Batch",
+           "Cursor", "Engine", "ReorderBuffer", "Runner", "as_index", "gil_enabled", "impl"]

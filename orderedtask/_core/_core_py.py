@@ -1,0 +1,12 @@
+"""The pure-Python core: the executable specification of the compiled ``_core_c``.
+
+Same names, signatures, docstrings and errors (``tests/test_implementation.py`` checks);
+``ORDEREDTASK_NO_EXTENSIONS=1`` selects it.
+"""
+
+from ._engine_py import MAX_BATCH, NOT_READY, Batch, Cursor, Engine
+from ._reorder_py import ReorderBuffer, as_index
+from ._runner_py import MAP, POOL, Runner
+
+__all__ = ["MAP", "MAX_BATCH", "NOT_READY", "POOL", "Batch", "Cursor", "Engine", "ReorderBuffer",
+           "Runner", "as_index"]

@@ -1,0 +1,925 @@
+"""The engine: window, work queue, reorder, release and waits; the specification of ``_engine.pxi``.
+
+One ``Engine`` per ``Pool`` or ``map`` call. Data flow::
+
+      producers                        workers                          consumer
+      ---------                        -------                          --------
+   put / put_task(s) / feed
+        | (wait while the window is full)
+        v
+     accept --> queue (FIFO, or one-at-a-time per key) --take--> run --finish/fail--+
+        |                                                                           |
+        +--> pending, sorted by index: the head and the finished run behind it <----+
+                    | release: while the head is finished
+                    v
+                 released --> Cursor (expands items, owns watermark and yielded count)
+                                  | credits the window when it takes the next batch
+
+*Accounting rule*: every accepted item leaves through the cursor exactly once, with the output
+``fn`` gave it or an error saying what happened to it: ``fn``'s own error (kept by the
+``Runner``), the failure of its whole batch (``fail``: a dead worker, a refusing executor, a
+pickling failure), a failed worker start (``fail_init``), or termination, which the cursor
+reports as ``PoolTerminated`` at the first item it can no longer yield. No other path
+finishes an item.
+
+Locking: ``_lock`` guards every field; the three conditions share it. Code under the lock
+runs no user code, so finalizers cannot re-enter mid-update; a ``BaseException`` (Ctrl-C)
+that still lands inside an update terminates the engine (``_break``), so the engine is never
+left half-changed: every call either takes effect, or not at all, or terminates the pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from time import monotonic, perf_counter
+from typing import Any
+
+from .._errors import PoolClosed, PoolTerminated, WorkerInitError
+from .._task import Task
+from ._reorder_py import as_index
+from ._runner_py import MAP, POOL, Runner
+
+__all__ = ["Batch", "Cursor", "Engine", "MAX_BATCH", "NOT_READY"]
+
+#: The most items a worker takes at once, whatever the measured cost.
+MAX_BATCH = 4096
+#: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
+NOT_READY: Any = type("NotReady", (), {"__repr__": lambda self: "NOT_READY"})()
+_STOPPED = object()  # _next_released: the engine was terminated
+
+# Cursor states.
+_NEW, _ACTIVE, _DONE, _REFUSED = range(4)
+
+
+class _Slot:
+    """One accepted item: its index, the item (a Task for POOL engines) and its outcome."""
+
+    __slots__ = ("index", "item", "keyhash", "output", "error", "done")
+
+    def __init__(self, index: int, item: Any, keyhash: int) -> None:
+        self.index = index
+        self.item = item
+        self.keyhash = keyhash
+        self.output: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class Batch:
+    """Items a worker took at once; the worker hands it back to ``finish`` or ``fail``."""
+
+    __slots__ = ("_slots", "_keys", "_kind")
+
+    def __init__(self, slots: list[_Slot], keys: list[int], kind: int) -> None:
+        self._slots = slots
+        self._keys = keys
+        self._kind = kind
+
+    @property
+    def indices(self) -> list[int]:
+        """The items' indices, in the order the worker took them."""
+        return [slot.index for slot in self._slots]
+
+    @property
+    def items(self) -> list[Any]:
+        """The items: the tasks of a POOL engine, the inputs of a MAP engine."""
+        return [slot.item for slot in self._slots]
+
+    @property
+    def inputs(self) -> list[Any]:
+        """What crosses to a worker process: ``task.input`` (POOL) or the item itself (MAP)."""
+        if self._kind == POOL:
+            return [slot.item.input for slot in self._slots]
+        return [slot.item for slot in self._slots]
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+class Engine:
+    """Shared state of one pool: window, queue, reorder, release, counters and waits.
+
+    ``kind`` is ``POOL`` (items are ``Task`` objects, whose ``fn`` writes ``task.output``) or
+    ``MAP`` (items are inputs; the outcome is kept beside them). ``keyed`` engines run the
+    items of one key one at a time, in arrival order. ``batch_seconds`` is the work a batch
+    should hold: the engine measures the cost per item and sizes batches to it.
+    ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
+    on, such as child processes; it must not reach the user's function).
+    """
+
+    def __init__(self, window: int, kind: int = POOL, *, keyed: bool = False,
+                 batch_seconds: float = 0.002,
+                 on_terminate: Callable[[], Any] | None = None) -> None:
+        self._window = window
+        self._on_terminate = on_terminate
+        self._kind = kind
+        self._keyed = keyed
+        self._batch_seconds = batch_seconds
+        self._lock = threading.RLock()  # an RLock knows its owner: see _wait and terminate_soon
+        self._work = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._results = threading.Condition(self._lock)
+        self._queue: deque[_Slot] = deque()
+        self._parked: dict[int, deque[_Slot]] = {}  # keyed: key -> slots behind a running one
+        self._parked_count = 0
+        self._key_owner: dict[int, int] = {}  # keyed: key -> id of the batch that holds it
+        self._next_batch = 1
+        self._pending: deque[_Slot] = deque()  # accepted, unreleased, ascending index
+        self._pending_index: dict[int, _Slot] = {}
+        self._released: deque[_Slot] = deque()
+        self._last_released: int | None = None
+        self._accepted = 0
+        self._finished = 0
+        self._held = 0  # finished slots waiting behind an unfinished head
+        self._outstanding = 0  # accepted and not yet credited back by the cursor
+        self._running = 0
+        self._dropped = 0
+        self._closed = False
+        self._stopping = False
+        self._end_error: BaseException | None = None
+        self._init_error: BaseException | None = None
+        self._terminated_head: int | None = None
+        self._idle = 0
+        self._wakeups = 0
+        self._producers_waiting = 0
+        self._consumer_waiting = False
+        self._waker: Callable[[], Any] | None = None
+        self._consumer: int | None = None
+        self._feeder: int | None = None
+        self._owned: set[int] = set()
+        self._live = 0
+        self._max_batch = 1  # until a batch is measured, items may be slow: spread them out
+        self._cost = 0.0
+        self._started = monotonic()
+        self._progress_time = self._started
+        # Written by the consumer's cursor alone, read anywhere.
+        self._watermark: int | None = None
+        self._yielded = 0
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        """Items accepted and not yet consumed, at most."""
+        return self._window
+
+    @property
+    def kind(self) -> int:
+        """``POOL`` or ``MAP``."""
+        return self._kind
+
+    @property
+    def closed(self) -> bool:
+        """True once the engine accepts nothing more (closed, failed or terminated)."""
+        return self._closed
+
+    @property
+    def stopping(self) -> bool:
+        """True once the engine was terminated."""
+        return self._stopping
+
+    @property
+    def watermark(self) -> int | None:
+        """Highest index such that every accepted item at or below it was yielded, or None."""
+        return self._watermark
+
+    @property
+    def yielded(self) -> int:
+        """How many items the cursors yielded."""
+        return self._yielded
+
+    @property
+    def cost(self) -> float:
+        """Measured seconds of work per item (moving average); 0.0 before the first batch."""
+        return self._cost
+
+    @property
+    def max_batch(self) -> int:
+        """The most items a worker takes at once now (sized from ``cost``)."""
+        return self._max_batch
+
+    # -- producers -----------------------------------------------------------------------
+
+    def put(self, index: int, item: Any, key: Any = None, timeout: float | None = None) -> None:
+        """Accept ``item`` at ``index``; wait while the window is full.
+
+        Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
+        bad index (checked before any wait), ``PoolClosed`` once closed, ``TimeoutError`` after
+        ``timeout`` seconds of a full window, ``RuntimeError`` when the caller is a thread that
+        the wait would deadlock (the consumer, or one of the engine's workers).
+        """
+        value = as_index(index)
+        keyhash = hash(key) if self._keyed else 0
+        with self._lock:
+            self._check_accepts(value, index)
+            if self._outstanding >= self._window:
+                self._wait_for_room(timeout)
+                self._check_accepts(value, index)
+            try:
+                self._accept(value, item, keyhash)
+                self._wake_workers()
+            except BaseException:
+                self._break()
+                raise
+
+    def put_task(self, task: Task, key: Any = None, timeout: float | None = None) -> None:
+        """``put(task.index, task, key, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
+        if not isinstance(task, Task):
+            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
+        self.put(task.index, task, key, timeout)
+
+    def put_tasks(self, tasks: Sequence[Task], keys: Sequence[Any] | None = None,
+                  timeout: float | None = None) -> int:
+        """Accept ``tasks`` in order, a window's room at a time; return how many were accepted.
+
+        Every task's type and index are checked first: a bad one raises before anything is
+        accepted. A task refused by the engine's state (a duplicate index, one not above the
+        last released, the pool closed) raises after the tasks before it were accepted.
+        """
+        values = []
+        for position, task in enumerate(tasks):
+            if not isinstance(task, Task):
+                raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
+                                f"{type(task).__name__} (at position {position})")
+            values.append(as_index(task.index))
+        if keys is not None and len(keys) != len(tasks):
+            raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks")
+        hashes = [hash(key) for key in keys] if (self._keyed and keys is not None) else None
+        done, count = 0, len(tasks)
+        with self._lock:
+            while done < count:
+                self._check_accepts(values[done], tasks[done].index)  # the first refused raises
+                if self._outstanding >= self._window:
+                    self._wait_for_room(timeout)
+                    continue
+                try:
+                    while (done < count and self._outstanding < self._window
+                           and self._accepts(values[done])):
+                        self._accept(values[done], tasks[done], 0 if hashes is None else hashes[done])
+                        done += 1
+                    self._wake_workers()
+                except BaseException:
+                    self._break()
+                    raise
+        return done
+
+    def feed(self, source: Iterator[Any], indexed: bool = False) -> None:
+        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
+
+        Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
+        are indexed by position, or with ``indexed`` the source yields ``(index, item)``
+        pairs. Whatever ends the feed early (the source raising, a malformed pair, an index
+        the engine refuses) closes the engine with that error, which the consumer raises
+        after every item before it; termination ends the feed quietly.
+        """
+        with self._lock:
+            self._feeder = threading.get_ident()
+        position = 0
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
+                self.close(exc)
+                return
+            try:
+                if indexed:
+                    if type(item) is not tuple or len(item) != 2:
+                        raise TypeError(
+                            f"indexed=True: the iterable must yield (index, input) pairs, "
+                            f"got {type(item).__name__} at position {position}")
+                    index, item = item
+                else:
+                    index = position
+                self.put(index, item)
+            except PoolClosed:
+                if self._closed:
+                    return  # terminated, or a worker failed to start: nobody wants more
+                raise
+            except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
+                self.close(exc)
+                return
+            position += 1
+        self.close()
+
+    def _check_accepts(self, value: int, index: object) -> None:
+        if self._closed:
+            self._raise_closed()
+        if self._last_released is not None and value <= self._last_released:
+            raise ValueError(f"task index {index} is not greater than the last released index "
+                             f"{self._last_released}")
+        if value in self._pending_index:
+            raise ValueError(f"task index {index} is already pending (duplicate index)")
+
+    def _accepts(self, value: int) -> bool:
+        return not (self._closed or value in self._pending_index or (
+            self._last_released is not None and value <= self._last_released))
+
+    def _raise_closed(self) -> None:
+        if self._init_error is not None:
+            raise PoolClosed("the pool is closed: worker_init failed") from self._init_error
+        if self._stopping:
+            raise PoolClosed("the pool was terminated and accepts no more tasks")
+        raise PoolClosed("the pool is closed and accepts no more tasks")
+
+    def _accept(self, value: int, item: Any, keyhash: int) -> None:
+        slot = _Slot(value, item, keyhash)
+        pending = self._pending
+        if not pending or value > pending[-1].index:
+            pending.append(slot)
+        else:  # out of order: insert from the right, where it usually belongs
+            position = len(pending) - 1
+            while position >= 0 and pending[position].index > value:
+                position -= 1
+            pending.insert(position + 1, slot)
+        self._pending_index[value] = slot
+        self._queue.append(slot)
+        if not self._outstanding:
+            self._progress_time = monotonic()
+        self._outstanding += 1
+        self._accepted += 1
+
+    def _wait_for_room(self, timeout: float | None) -> None:
+        me = threading.get_ident()
+        if me == self._consumer or me in self._owned:
+            who = ("the one iterating results()" if me == self._consumer
+                   else "one of the pool's own workers")
+            raise RuntimeError(
+                f"enqueue would wait forever: the window of {self._window} tasks is full and "
+                f"this thread is {who}; enqueue from another thread, use orderedtask.map, or "
+                "use a larger window")
+        deadline = None if timeout is None else monotonic() + timeout
+        self._producers_waiting += 1
+        try:
+            while self._outstanding >= self._window:
+                if self._closed:
+                    self._raise_closed()
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"enqueue timed out after {timeout} s: the window of "
+                                       f"{self._window} tasks stayed full")
+                self._wait(self._room, remaining)
+        finally:
+            self._producers_waiting -= 1
+
+    def _wait(self, condition: threading.Condition, timeout: float | None = None) -> None:
+        """``condition.wait`` for threads that may get Ctrl-C (the consumer, producers).
+
+        A KeyboardInterrupt can land while ``Condition.wait`` takes the lock back, leaving it
+        unheld; the caller's ``with self._lock`` would then release a lock it does not own.
+        """
+        try:
+            condition.wait(timeout)
+        except BaseException:
+            if not self._lock._is_owned():  # type: ignore[attr-defined]
+                self._lock.acquire()
+            raise
+
+    def _wake_workers(self) -> None:
+        # One idle worker per batch's worth of queued work not already promised to a woken
+        # one: a lone item wakes a worker even while others run slow items, and a fast
+        # producer does not turn into a notify per item.
+        if self._idle > self._wakeups and len(self._queue) > self._wakeups * self._max_batch:
+            self._wakeups += 1
+            self._work.notify()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_enter(self) -> None:
+        """A worker thread starts: count it, and know it (it must never wait for room)."""
+        with self._lock:
+            self._owned.add(threading.get_ident())
+            self._live += 1
+
+    def worker_exit(self) -> None:
+        """A worker thread ends; the last one fails what no worker is left to run."""
+        with self._lock:
+            self._owned.discard(threading.get_ident())
+            self._live -= 1
+            if self._live or self._stopping or not (self._queue or self._parked_count):
+                self._notify_all()
+                return
+            batch = self._take_all_queued()
+        self.fail(batch, RuntimeError("every worker of the pool exited before running it"))
+
+    def fail_init(self, error: BaseException) -> None:
+        """A worker could not start: close, and fail every item no worker has taken."""
+        with self._lock:
+            if self._init_error is None:
+                self._init_error = error
+            self._closed = True
+            batch = self._take_all_queued()
+            self._notify_all()
+            waker = self._take_waker()
+        failure = WorkerInitError(f"worker_init failed: {error!r}")
+        failure.__cause__ = error
+        self.fail(batch, failure)
+        if waker is not None:
+            waker()
+
+    def _take_all_queued(self) -> Batch:
+        slots = list(self._queue)
+        self._queue.clear()
+        for waiting in self._parked.values():
+            slots.extend(waiting)
+        self._parked.clear()
+        self._parked_count = 0
+        self._running += len(slots)
+        return Batch(slots, [], self._kind)
+
+    def take(self) -> Batch | None:
+        """Wait for work and take a batch; None when the worker should exit."""
+        with self._lock:
+            while True:
+                available = len(self._queue)
+                if self._stopping:
+                    return None
+                if available:
+                    limit = self._max_batch
+                    if self._idle:  # leave a fair share for the idle workers
+                        limit = min(limit, -(-available // (self._idle + 1)))
+                    batch = self._take_slots(limit)
+                    if batch is not None:
+                        if self._queue:
+                            self._wake_workers()
+                        return batch
+                    continue  # every queued item was parked behind a running key
+                if self._closed and not self._parked_count:
+                    return None
+                self._idle += 1
+                try:
+                    self._work.wait()
+                finally:
+                    self._idle -= 1
+                    if self._wakeups:
+                        self._wakeups -= 1
+
+    def _take_slots(self, limit: int) -> Batch | None:
+        queue = self._queue
+        if not self._keyed:
+            slots = [queue.popleft() for _ in range(min(limit, len(queue)))]
+            self._running += len(slots)
+            return Batch(slots, [], self._kind)
+        batch_id = self._next_batch
+        self._next_batch += 1
+        owner, slots, keys = self._key_owner, [], []
+        while queue and len(slots) < limit:
+            slot = queue.popleft()
+            holder = owner.get(slot.keyhash)
+            if holder is None:
+                owner[slot.keyhash] = batch_id
+                keys.append(slot.keyhash)
+            elif holder != batch_id:
+                self._parked.setdefault(slot.keyhash, deque()).append(slot)
+                self._parked_count += 1
+                continue
+            slots.append(slot)
+        if not slots:
+            return None
+        self._running += len(slots)
+        return Batch(slots, keys, self._kind)
+
+    def finish(self, batch: Batch, outcomes: Sequence[tuple[Any, BaseException | None]],
+               elapsed: float = 0.0) -> None:
+        """Store one ``(output, error)`` per item of ``batch`` (in its order) and finish it."""
+        slots = batch._slots
+        if len(outcomes) != len(slots):
+            self.fail(batch, RuntimeError(
+                f"the backend returned {len(outcomes)} outcomes for a batch of {len(slots)}"),
+                elapsed)
+            return
+        if self._kind == POOL:
+            for slot, (output, error) in zip(slots, outcomes):
+                task = slot.item
+                task.output = output
+                task.error = error
+        else:
+            for slot, (output, error) in zip(slots, outcomes):
+                slot.output = output
+                slot.error = error
+        self._complete(batch, elapsed)
+
+    def fail(self, batch: Batch, error: BaseException, elapsed: float = 0.0) -> None:
+        """Finish every item of ``batch`` with ``error``: the batch failed as a whole."""
+        for slot in batch._slots:
+            if self._kind == POOL:
+                slot.item.output = None
+                slot.item.error = error
+            else:
+                slot.output = None
+                slot.error = error
+        self._complete(batch, 0.0)
+
+    def _complete(self, batch: Batch, elapsed: float) -> None:
+        slots = batch._slots
+        with self._lock:
+            try:
+                self._running -= len(slots)
+                if self._stopping:
+                    return  # terminated meanwhile: these were dropped and counted then
+                for slot in slots:
+                    slot.done = True
+                self._finished += len(slots)
+                self._held += len(slots)
+                if batch._keys:
+                    self._free_keys(batch._keys)
+                released = self._release_run()
+                if elapsed > 0 and slots:
+                    self._learn(len(slots), elapsed)
+                if self._queue:
+                    self._wake_workers()
+                waker = self._take_waker() if released else None
+                if self._closed and self._idle:
+                    self._work.notify_all()  # workers waiting for parked keys may now exit
+            except BaseException:
+                self._break()
+                raise
+        if waker is not None:
+            waker()
+
+    def _free_keys(self, keys: list[int]) -> None:
+        for keyhash in keys:
+            del self._key_owner[keyhash]
+            waiting = self._parked.pop(keyhash, None)
+            if waiting:
+                # They were taken off the front before any same-key item still queued.
+                self._queue.extendleft(reversed(waiting))
+                self._parked_count -= len(waiting)
+
+    def _release_run(self) -> int:
+        pending, released, count = self._pending, self._released, 0
+        while pending and pending[0].done:
+            slot = pending.popleft()
+            del self._pending_index[slot.index]
+            released.append(slot)
+            count += 1
+        if count:
+            self._held -= count
+            self._last_released = released[-1].index
+            self._progress_time = monotonic()
+            if self._consumer_waiting:
+                self._results.notify()
+        return count
+
+    def _learn(self, count: int, elapsed: float) -> None:
+        per_item = elapsed / count
+        self._cost = per_item if not self._cost else 0.8 * self._cost + 0.2 * per_item
+        # A batch aims at batch_seconds of work: the hand-off stays a small part of it while
+        # slow items still spread over every worker.
+        self._max_batch = max(1, min(MAX_BATCH, int(self._batch_seconds / max(self._cost, 1e-9))))
+
+    def run_worker(self, context_ref: Callable[[], Any], worker: int) -> None:
+        """A thread worker's life: take a batch, run it, finish it, until the engine ends.
+
+        ``context_ref()`` (a weak reference) gives the object holding ``runner`` and
+        ``workerlocals``; it is looked up per batch, so an idle worker holds nothing that
+        the pool's own function could make into a cycle with the pool.
+        """
+        while True:
+            batch = self.take()
+            if batch is None:
+                return
+            try:
+                elapsed = self._run_batch(batch, context_ref, worker)
+            except BaseException as exc:  # noqa: BLE001 - whatever broke, the batch fails
+                self.fail(batch, exc)
+                continue
+            if elapsed is None:
+                self._complete(batch, 0.0)  # terminated: this only counts the batch back
+                return
+            self._complete(batch, elapsed)
+
+    def _run_batch(self, batch: Batch, context_ref: Callable[[], Any], worker: int
+                   ) -> float | None:
+        context = context_ref()
+        if context is None:  # the pool was garbage-collected: nobody will consume
+            self.terminate()
+            return None
+        runner: Runner = context.runner
+        workerlocal = context.workerlocals[worker]
+        del context
+        started = perf_counter()
+        if self._kind == POOL:
+            for slot in batch._slots:
+                runner.run_task(workerlocal, slot.item)
+        else:
+            for slot in batch._slots:
+                slot.output, slot.error = runner.run_value(slot.index, slot.item)
+        return perf_counter() - started
+
+    # -- the consumer (through Cursor) ---------------------------------------------------
+
+    def _claim(self) -> None:
+        with self._lock:
+            me = threading.get_ident()
+            if self._consumer is not None:
+                raise RuntimeError("results() is already being iterated by another consumer")
+            if me in self._owned or me == self._feeder:
+                raise RuntimeError("a thread of the pool itself (a worker or the feeder) cannot "
+                                   "iterate its results: it would wait for itself")
+            self._consumer = me
+
+    def _unclaim(self) -> None:
+        with self._lock:
+            self._consumer = None
+            self._waker = None
+
+    def _next_released(self, credit: int,
+                       waker: Callable[[], Any] | None = None) -> list[_Slot] | None | object:
+        """The released slots, in order; None at the end; _STOPPED once terminated.
+
+        ``credit`` items were consumed since the last call: they leave the window. With
+        ``waker``, returns [] instead of waiting and calls ``waker`` once something changes.
+        """
+        with self._lock:
+            if credit:
+                self._outstanding -= credit
+                if self._producers_waiting:
+                    self._room.notify_all()
+            while not self._released:
+                if self._stopping:
+                    return _STOPPED
+                if self._closed and not self._pending:
+                    return None
+                if waker is not None:
+                    self._waker = waker
+                    return []
+                self._consumer_waiting = True
+                try:
+                    self._wait(self._results)
+                finally:
+                    self._consumer_waiting = False
+            slots = list(self._released)
+            self._released.clear()
+            return slots
+
+    def _take_waker(self) -> Callable[[], Any] | None:
+        waker, self._waker = self._waker, None
+        return waker
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _notify_all(self) -> None:
+        self._wakeups = 0
+        self._work.notify_all()
+        self._room.notify_all()
+        self._results.notify_all()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Accept nothing more; accepted items still run and are yielded. Idempotent.
+
+        ``error`` (the feeder's: the source failed) is raised by the consumer after every
+        item accepted before it.
+        """
+        with self._lock:
+            if error is not None and not self._closed:
+                self._end_error = error
+            self._closed = True
+            self._notify_all()
+            waker = self._take_waker()
+        if waker is not None:
+            waker()
+
+    def terminate(self) -> None:
+        """Stop now: drop every item not yet yielded; workers exit after their batch."""
+        with self._lock:
+            first = not self._stopping
+            dropped = self._terminate_locked()
+            waker = self._take_waker()
+        del dropped  # outside the lock: an item's finalizer may call back in
+        if waker is not None:
+            waker()
+        if first and self._on_terminate is not None:
+            self._on_terminate()
+
+    def terminate_soon(self) -> None:
+        """``terminate``, from a finalizer: on another thread if this one holds the lock."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            threading.Thread(target=self.terminate, name="orderedtask-terminate",
+                             daemon=True).start()
+        else:
+            self.terminate()
+
+    def _terminate_locked(self) -> list[_Slot]:
+        if self._stopping:
+            return []
+        self._closed = True
+        self._stopping = True
+        self._terminated_head = self._pending[0].index if self._pending else None
+        dropped = list(self._pending)  # queued, parked and finished slots are all pending
+        dropped.extend(self._released)
+        self._dropped += len(dropped)
+        self._queue.clear()
+        self._parked.clear()
+        self._parked_count = 0
+        self._key_owner.clear()
+        self._pending.clear()
+        self._pending_index.clear()
+        self._released.clear()
+        self._held = 0
+        self._notify_all()
+        return dropped
+
+    def _break(self) -> None:
+        """An exception landed mid-update (Ctrl-C): terminate rather than run half-changed."""
+        if not self._lock._is_owned():  # type: ignore[attr-defined]
+            self._lock.acquire()
+        self._terminate_locked()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (README, "Observability")."""
+        with self._lock:
+            now = monotonic()
+            pending = len(self._pending)
+            elapsed = now - self._started
+            blocked = pending and not self._released
+            return {
+                "accepted": self._accepted,
+                "completed": self._finished,
+                "yielded": self._yielded,
+                "queued": len(self._queue) + self._parked_count,
+                "in_flight": self._running,
+                "reorder_depth": self._held,
+                "pending": pending,
+                "released": len(self._released),
+                "outstanding": self._outstanding,
+                "window": self._window,
+                "head": self._pending[0].index if pending else None,
+                "head_wait_seconds": now - self._progress_time if blocked else 0.0,
+                "throughput_per_second": self._yielded / elapsed if elapsed > 0 else 0.0,
+                "watermark": self._watermark,
+                "closed": self._closed,
+                "dropped": self._dropped,
+                "workers": self._live,
+                "batch": self._max_batch,
+                "seconds_per_item": self._cost,
+            }
+
+
+class Cursor:
+    """The consumer's side: yields released items in order, one at a time.
+
+    ``mode`` says what the consumer sees, the one expansion rule for every API, sync or
+    async: ``POOL`` yields the tasks (``task.error`` holds an ``Exception``; any other
+    ``BaseException`` is raised); ``MAP`` yields each output and raises an item's error at
+    its position; ``MAP_TASKS`` yields a new ``Task`` per item with ``output`` or ``error``
+    set. The cursor owns the watermark and the yielded count. It claims the engine on the
+    first ``next`` (one consumer at a time: a refused cursor stays refused) and calls
+    ``on_start`` then. Leaving before the end (``close``, an error, garbage collection)
+    terminates the engine; termination from elsewhere raises ``PoolTerminated``.
+    """
+
+    POOL = 0
+    MAP = 1
+    MAP_TASKS = 2
+
+    __slots__ = ("_engine", "_mode", "_buffer", "_credit", "_state", "_on_start", "_keepalive",
+                 "__weakref__")
+
+    def __init__(self, engine: Engine, mode: int, on_start: Callable[[], Any] | None = None,
+                 keepalive: Any = None) -> None:
+        if mode not in (Cursor.POOL, Cursor.MAP, Cursor.MAP_TASKS):
+            raise ValueError(f"mode must be Cursor.POOL, MAP or MAP_TASKS, not {mode!r}")
+        self._engine = engine
+        self._mode = mode
+        self._buffer: deque[_Slot] = deque()
+        self._credit = 0
+        self._state = _NEW
+        self._on_start = on_start
+        self._keepalive = keepalive  # what the workers reach by weak reference
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this cursor consumes."""
+        return self._engine
+
+    def __iter__(self) -> Cursor:
+        return self
+
+    def __next__(self) -> Any:
+        return self._next(None)
+
+    def poll(self, waker: Callable[[], Any]) -> Any:
+        """``next`` that never waits: the next item, or ``NOT_READY`` and ``waker()`` later.
+
+        Raises ``StopIteration`` at the end, like ``next``. A ``NOT_READY`` poll takes
+        nothing, so abandoning the wait (a cancelled ``await``) loses nothing.
+        """
+        return self._next(waker)
+
+    def _next(self, waker: Callable[[], Any] | None) -> Any:
+        if self._state != _ACTIVE:
+            self._begin()
+        engine = self._engine
+        if engine._stopping:
+            self._report_termination()
+        if not self._buffer:
+            try:
+                got = engine._next_released(self._credit, waker)
+            except BaseException:
+                self._leave(terminate=True)
+                raise
+            self._credit = 0
+            if got is None:
+                self._leave(terminate=False)
+                error = engine._end_error
+                if error is not None:
+                    raise error
+                raise StopIteration
+            if got is _STOPPED:
+                self._report_termination()
+            if not got:
+                return NOT_READY
+            self._buffer.extend(got)  # type: ignore[arg-type]
+        slot = self._buffer.popleft()
+        self._credit += 1
+        return self._expand(slot)
+
+    def _begin(self) -> None:
+        if self._state == _DONE:
+            raise StopIteration
+        if self._state == _REFUSED:
+            raise RuntimeError("results() is already being iterated by another consumer")
+        try:
+            self._engine._claim()
+        except RuntimeError:
+            self._state = _REFUSED
+            raise
+        self._state = _ACTIVE
+        on_start, self._on_start = self._on_start, None
+        if on_start is not None:
+            try:
+                on_start()
+            except BaseException:
+                self._leave(terminate=True)
+                raise
+
+    def _expand(self, slot: _Slot) -> Any:
+        engine, mode = self._engine, self._mode
+        if mode == Cursor.POOL:
+            task = slot.item
+            error = task.error
+            if error is not None and not isinstance(error, Exception):
+                self._leave(terminate=True)
+                raise error
+            engine._watermark = slot.index
+            engine._yielded += 1
+            return task
+        error = slot.error
+        if mode == Cursor.MAP:
+            if error is not None:
+                self._leave(terminate=True)
+                if isinstance(error, StopIteration):  # would end the caller's loop silently
+                    raise RuntimeError("fn raised StopIteration") from error
+                raise error
+            engine._watermark = slot.index
+            engine._yielded += 1
+            return slot.output
+        if error is not None and not isinstance(error, Exception):
+            self._leave(terminate=True)
+            raise error
+        task = Task(slot.index, slot.item)
+        task.output = slot.output
+        task.error = error
+        engine._watermark = slot.index
+        engine._yielded += 1
+        return task
+
+    def _report_termination(self) -> None:
+        engine = self._engine
+        dropped = engine._accepted - engine._yielded
+        first = self._buffer[0].index if self._buffer else engine._terminated_head
+        self._leave(terminate=False)
+        if dropped:
+            raise PoolTerminated(dropped, first)
+        raise StopIteration
+
+    def _leave(self, terminate: bool) -> None:
+        if self._state != _ACTIVE:
+            self._state = _DONE
+            return
+        self._state = _DONE
+        self._buffer.clear()
+        self._engine._unclaim()
+        if terminate:
+            self._engine.terminate()
+
+    def close(self) -> None:
+        """Stop consuming; if the iteration had started and not ended, terminate the engine."""
+        self._leave(terminate=True)
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters."""
+        return self._engine.stats()
+
+    def __del__(self) -> None:
+        if self._state == _ACTIVE:
+            self._state = _DONE
+            try:
+                self._engine._unclaim()
+                self._engine.terminate_soon()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to stop
+                pass
