@@ -1,4 +1,4 @@
-"""Builds the compiled reorder core; all metadata lives in pyproject.toml."""
+"""Builds the compiled core; all metadata lives in pyproject.toml."""
 
 import os
 import sys
@@ -31,8 +31,11 @@ else:
     ext_modules = cythonize(
         [
             Extension(
-                "orderedtask._heapcore",
-                ["orderedtask/_heapcore.pyx"],
+                "orderedtask._core._core_c",
+                ["orderedtask/_core/_core_c.pyx"],
+                include_dirs=["orderedtask/_core"],
+                depends=["orderedtask/_core/_engine.h", "orderedtask/_core/_engine.pxi",
+                         "orderedtask/_core/_reorder.pxi", "orderedtask/_core/_runner.pxi"],
                 language="c++",
                 extra_compile_args=compile_args,
                 extra_link_args=link_args,

@@ -19,7 +19,7 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 @pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded build (3.13t)")
 def test_import_leaves_the_gil_off() -> None:
     code = (
-        "import sys, orderedtask, orderedtask._compat\n"
+        "import sys, orderedtask, orderedtask._core\n"
         "assert not sys._is_gil_enabled(), 'the GIL was turned on'\n"
         "print(orderedtask.IMPLEMENTATION)\n"
     )

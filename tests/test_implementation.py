@@ -1,4 +1,4 @@
-"""Which reorder core runs, and that the two twins present the same interface."""
+"""Which core runs, and that the two twins present the same interface."""
 
 from __future__ import annotations
 
@@ -12,32 +12,41 @@ from pathlib import Path
 import pytest
 
 import orderedtask
-import orderedtask._compat
-import orderedtask._engine
-from support import NO_EXTENSIONS, load_twin
+import orderedtask._core
+from support import CORE_NAMES, NO_EXTENSIONS, load_twin
 
 ROOT = Path(orderedtask.__file__).resolve().parent.parent
 
 requires_extension = pytest.mark.skipif(NO_EXTENSIONS, reason="ORDEREDTASK_NO_EXTENSIONS is set")
 
+CLASSES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner")
+MODULE_NAMES = {"MAP", "MAX_BATCH", "NOT_READY", "POOL", *CLASSES, "as_index"}
+
 
 @requires_extension
 def test_compiled_core_is_built_and_used():
-    import orderedtask._heapcore as compiled
+    from orderedtask._core import _core_c as compiled
 
     assert orderedtask.IMPLEMENTATION == "c"
-    assert orderedtask._compat.ReorderBuffer is compiled.ReorderBuffer
+    assert orderedtask._core.impl is compiled
     assert any(compiled.__file__.endswith(suffix)
                for suffix in importlib.machinery.EXTENSION_SUFFIXES), compiled.__file__
-    assert orderedtask._engine.ReorderBuffer is compiled.ReorderBuffer
+    for name in CORE_NAMES:
+        assert getattr(orderedtask._core, name) is getattr(compiled, name), name
+    # What a Pool and a map build is the compiled engine, and map's stream is its cursor.
+    pool = orderedtask.Pool(1, lambda workerlocal, task: None)
+    assert type(pool._engine) is compiled.Engine
+    pool.terminate()
+    assert type(orderedtask.map(abs, [])) is compiled.Cursor
 
 
 @pytest.mark.skipif(not NO_EXTENSIONS, reason="ORDEREDTASK_NO_EXTENSIONS is not set")
 def test_pure_python_core_when_extensions_are_disabled():
-    import orderedtask._heapcore_py as reference
+    from orderedtask._core import _core_py as reference
 
     assert orderedtask.IMPLEMENTATION == "py"
-    assert orderedtask._compat.ReorderBuffer is reference.ReorderBuffer
+    assert orderedtask._core.impl is reference
+    assert orderedtask._core.Engine is reference.Engine
 
 
 def implementation_in_subprocess(no_extensions: bool) -> str:
@@ -46,20 +55,20 @@ def implementation_in_subprocess(no_extensions: bool) -> str:
     if no_extensions:
         env["ORDEREDTASK_NO_EXTENSIONS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    code = ("import orderedtask, orderedtask._compat as c; "
-            "print(orderedtask.IMPLEMENTATION, c.ReorderBuffer.__module__)")
+    code = ("import orderedtask, orderedtask._core as c; "
+            "print(orderedtask.IMPLEMENTATION, c.Engine.__module__)")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=True)
     return done.stdout.strip()
 
 
 def test_environment_variable_selects_the_pure_python_core():
-    assert implementation_in_subprocess(True) == "py orderedtask._heapcore_py"
+    assert implementation_in_subprocess(True) == "py orderedtask._core._engine_py"
 
 
 @requires_extension
 def test_compiled_core_is_the_default():
-    assert implementation_in_subprocess(False) == "c orderedtask._heapcore"
+    assert implementation_in_subprocess(False) == "c orderedtask._core._core_c"
 
 
 def public_names(cls: type) -> set[str]:
@@ -67,28 +76,49 @@ def public_names(cls: type) -> set[str]:
 
 
 @requires_extension
-def test_twins_expose_the_same_interface():
+def test_twin_modules_export_the_same_names():
     compiled, reference = load_twin("c"), load_twin("py")
-    assert public_names(compiled) == public_names(reference) == {
-        "accept", "finish", "release", "clear",
-        "head", "last_released", "accepted", "finished", "released", "ready",
-    }
-    assert inspect.getdoc(compiled) == inspect.getdoc(reference)
+    assert set(reference.__all__) == MODULE_NAMES
+    for name in MODULE_NAMES:
+        assert hasattr(compiled, name), name
+    for name in ("MAP", "MAX_BATCH", "POOL"):
+        assert getattr(compiled, name) == getattr(reference, name), name
+    assert repr(compiled.NOT_READY) == repr(reference.NOT_READY) == "NOT_READY"
+
+
+@requires_extension
+@pytest.mark.parametrize("cls", CLASSES)
+def test_twins_expose_the_same_interface(cls):
+    compiled, reference = getattr(load_twin("c"), cls), getattr(load_twin("py"), cls)
+    assert public_names(compiled) == public_names(reference)
     # Python 3.13 dedents docstrings at compile time, Cython does not: compare them cleaned.
     assert inspect.cleandoc(compiled.__doc__) == inspect.cleandoc(reference.__doc__)
-    for name in sorted(public_names(reference) | {"__len__"}):
+    extra = {"__len__"} if hasattr(reference, "__len__") else set()
+    for name in sorted(public_names(reference) | extra):
         ours, spec = getattr(compiled, name), getattr(reference, name)
-        assert ours.__doc__, f"{name} has no docstring"
-        assert inspect.cleandoc(ours.__doc__) == inspect.cleandoc(spec.__doc__), name
+        if isinstance(spec, int):  # a constant (Cursor.POOL...)
+            assert ours == spec, name
+            continue
         assert inspect.isdatadescriptor(ours) == inspect.isdatadescriptor(spec), name
-        if callable(spec) and not name.startswith("_"):
+        if inspect.ismemberdescriptor(spec):  # a plain attribute (__slots__): no docstring
+            continue
+        assert ours.__doc__, f"{cls}.{name} has no docstring"
+        assert inspect.cleandoc(ours.__doc__) == inspect.cleandoc(spec.__doc__), name
+        if callable(spec) and not inspect.isdatadescriptor(spec) and not name.startswith("_"):
             assert (list(inspect.signature(ours).parameters)
-                    == list(inspect.signature(spec).parameters)), name
+                    == list(inspect.signature(spec).parameters)), f"{cls}.{name}"
+
+
+def test_reorder_buffer_interface():
+    assert public_names(load_twin("py").ReorderBuffer) == {
+        "accept", "finish", "release", "clear",
+        "head", "last_released", "accepted", "finished", "released", "held",
+    }
 
 
 def test_package_exports():
-    assert {"IMPLEMENTATION", "Pool", "PoolClosed", "Task", "WorkerInitError", "map"} <= set(
-        orderedtask.__all__)
+    assert {"IMPLEMENTATION", "Pool", "PoolClosed", "PoolTerminated", "Task", "WorkerInitError",
+            "map", "map_tasks", "amap", "decode", "Results"} <= set(orderedtask.__all__)
     for name in orderedtask.__all__:
         assert hasattr(orderedtask, name)
 

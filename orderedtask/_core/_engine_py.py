@@ -95,6 +95,7 @@ class Batch:
         return [slot.item for slot in self._slots]
 
     def __len__(self) -> int:
+        """How many items the batch holds."""
         return len(self._slots)
 
 

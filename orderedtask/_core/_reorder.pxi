@@ -1,31 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
-# distutils: language = c++
-"""Compiled reorder core: the seed's two min-heaps over unsigned 64-bit indices.
-
-``_heapcore_py.py`` is the executable specification; this module is its drop-in
-replacement (same names, signatures, docstrings and errors).
-"""
-
-cimport cython
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
-from cython.operator cimport dereference as deref
-from libc.stdint cimport uint64_t
-from libcpp.functional cimport greater
-from libcpp.unordered_map cimport unordered_map
-from libcpp.utility cimport pair
-from libcpp.vector cimport vector
-
-
-cdef extern from "<algorithm>" namespace "std" nogil:
-    # Redeclared without ``except +``: on a uint64 array with std::greater they cannot throw.
-    void push_heap[Iter, Compare](Iter first, Iter last, Compare comp)
-    void pop_heap[Iter, Compare](Iter first, Iter last, Compare comp)
-
-cdef extern from "Python.h":
-    # Declared without an exception clause so that we can word the error ourselves.
-    unsigned long long PyLong_AsUnsignedLongLong(object) noexcept
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
+# The stand-alone reorder buffer (included by _core_c.pyx); _reorder_py.py is its specification.
 
 # Runs at least this long are gathered with the GIL released; shorter ones are not worth
 # the GIL hand-off (and the wait to get it back).
@@ -42,6 +15,11 @@ cdef inline void _heap_push(vector[uint64_t]& heap, uint64_t value) except *:
 cdef inline void _heap_pop(vector[uint64_t]& heap) noexcept nogil:
     pop_heap(heap.data(), heap.data() + heap.size(), greater[uint64_t]())
     heap.pop_back()
+
+
+def as_index(index):
+    """``index`` as a task index: an ``int`` (not a ``bool``) in ``[0, 2**64)``, else raises."""
+    return _as_index(index)
 
 
 cdef uint64_t _as_index(object index) except? 0:
@@ -224,7 +202,7 @@ cdef class ReorderBuffer:
             return self._released
 
     @property
-    def ready(self):
+    def held(self):
         """How many finished items wait for a lower index to finish (or for ``release``)."""
         with self._lock:
             return self._finished_heap.size()

@@ -18,6 +18,7 @@ _NOT_FINISHED = object()
 
 
 def as_index(index: object) -> int:
+    """``index`` as a task index: an ``int`` (not a ``bool``) in ``[0, 2**64)``, else raises."""
     if type(index) is not int:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"task index must be an int, not {type(index).__name__} ({index!r})")
@@ -157,7 +158,7 @@ class ReorderBuffer:
             return self._released
 
     @property
-    def ready(self) -> int:
+    def held(self) -> int:
         """How many finished items wait for a lower index to finish (or for ``release``)."""
         with self._lock:
             return len(self._finished_heap)

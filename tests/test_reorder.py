@@ -18,7 +18,7 @@ MAX_INDEX = 2**64 - 1
 
 def snapshot(buf) -> tuple:
     return (len(buf), buf.head, buf.last_released,
-            buf.accepted, buf.finished, buf.released, buf.ready)
+            buf.accepted, buf.finished, buf.released, buf.held)
 
 
 def accept_all(buf, *indices: int) -> None:
@@ -141,7 +141,7 @@ def test_long_run_released_at_once(buffer_cls):
     for index in range(count, 1, -1):
         buf.finish(index, index)
     assert buf.release() == []
-    assert buf.ready == count - 1
+    assert buf.held == count - 1
     buf.finish(1, 1)
     assert buf.release() == list(range(1, count + 1))
     assert snapshot(buf) == (0, None, count, count, count, count, 0)
@@ -175,11 +175,11 @@ def test_counters_over_a_longer_run(buffer_cls):
     for done, index in enumerate(order, 1):
         buf.finish(index, index)
         assert buf.finished == done
-        assert buf.ready == done - len(released)
+        assert buf.held == done - len(released)
         released += buf.release()
         assert buf.released == len(released)
         assert len(buf) == 100 - len(released)
-        assert buf.ready == done - len(released)
+        assert buf.held == done - len(released)
     assert released == list(range(100))
 
 
@@ -259,7 +259,7 @@ def test_item_finaliser_may_call_back_during_clear(buffer_cls):
 
 def test_properties_are_read_only(buffer_cls):
     buf = buffer_cls()
-    for name in ("head", "last_released", "accepted", "finished", "released", "ready"):
+    for name in ("head", "last_released", "accepted", "finished", "released", "held"):
         with pytest.raises(AttributeError):
             setattr(buf, name, 1)
 
@@ -387,7 +387,7 @@ def apply(buf, kind: str, index) -> tuple:
 def test_twins_agree_on_random_operations(seed):
     """Identical operation sequences on both twins give identical results, errors and state."""
     rng = random.Random(seed)
-    compiled, reference = load_twin("c")(), load_twin("py")()
+    compiled, reference = load_twin("c").ReorderBuffer(), load_twin("py").ReorderBuffer()
     known: list[int] = []  # indices accepted at some point
     for step in range(3000):
         kind = rng.choices(["accept", "finish", "release", "clear"], [40, 40, 19, 1])[0]

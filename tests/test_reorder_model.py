@@ -94,7 +94,7 @@ class ReorderModel(RuleBasedStateMachine):
     def observed(self) -> tuple:
         buf = self.buf
         return (len(buf), buf.head, buf.last_released,
-                buf.accepted, buf.finished, buf.released, buf.ready)
+                buf.accepted, buf.finished, buf.released, buf.held)
 
     # -- rules -----------------------------------------------------------------------------
 

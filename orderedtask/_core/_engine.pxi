@@ -1,0 +1,1359 @@
+# The engine, its batches and its cursor (included by _core_c.pyx); _engine_py.py is the
+# specification: same names, signatures, docstrings, errors and behaviour. The data flow and
+# the accounting rule are described there.
+#
+# Locking, for every method below: _mutex guards every C field of Engine. It is taken with
+# the GIL held (try_lock first; on contention the GIL is released while waiting for it), and
+# nothing under it runs Python code, allocates Python objects or drops a reference: those
+# happen before locking or after unlocking. So finalizers and signal handlers never run with
+# the mutex held, and a Ctrl-C cannot land half-way through an update. Waits release the GIL
+# and the mutex; the main thread's waits wake every WAIT_SLICE seconds to run signal handlers.
+
+cdef extern from "_engine.h" namespace "ot" nogil:
+    cppclass Mutex:
+        void lock()
+        void unlock()
+        bint try_lock()
+    cppclass Cond:
+        void notify_one()
+        void notify_all()
+    int cond_wait(Cond&, Mutex&, double)
+    double monotonic()
+    void store_u64(uint64_t*, uint64_t)
+    uint64_t load_u64(const uint64_t*)
+    void store_int(int*, int)
+    int load_int(const int*)
+
+    enum SlotState:
+        QUEUED
+        RUNNING
+        DONE
+    ctypedef struct Slot:
+        uint64_t index
+        PyObject* item
+        PyObject* output
+        PyObject* error
+        Py_hash_t keyhash
+        int state
+    cppclass SlotDeque:
+        SlotDeque()
+        bint empty()
+        size_t size()
+        Slot*& front()
+        Slot*& back()
+        Slot*& operator[](size_t)
+        void push_back(Slot*)
+        void push_front(Slot*)
+        void pop_front()
+        void clear()
+    bint pending_contains(const SlotDeque&, uint64_t)
+    void pending_insert(SlotDeque&, Slot*)
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident() nogil
+    int PyErr_CheckSignals() except -1
+    void* PyMem_RawMalloc(size_t) nogil
+    void PyMem_RawFree(void*) nogil
+
+#: The most items a worker takes at once, whatever the measured cost.
+MAX_BATCH = 4096
+cdef Py_ssize_t _MAX_BATCH = 4096
+# How long the main thread waits before it looks for a signal (Ctrl-C) to handle.
+cdef double WAIT_SLICE = 0.05
+# Slots kept for reuse, per engine.
+cdef size_t FREE_SLOTS = 8192
+
+cdef unsigned long _main_thread = threading.main_thread().ident
+
+
+class _NotReady:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "NOT_READY"
+
+
+#: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
+NOT_READY = _NotReady()
+
+# Why a producer or consumer call is refused; raised after the mutex is released.
+cdef enum Refusal:
+    OK = 0
+    CLOSED
+    NOT_ABOVE_RELEASED
+    DUPLICATE
+    TIMED_OUT
+    DEADLOCK_CONSUMER
+    DEADLOCK_WORKER
+    INTERRUPTED  # a signal handler raised: the exception is set
+
+# What _next_released found.
+cdef enum Found:
+    GOT = 0
+    END
+    STOPPED
+    NOTHING_YET
+    FAILED  # an exception is set
+
+# Cursor states.
+cdef enum CursorState:
+    NEW = 0
+    ACTIVE
+    FINISHED
+    REFUSED
+
+
+cdef inline void _drop_slot(Slot* slot) noexcept:
+    """Free a slot and its references (GIL held, mutex not held)."""
+    Py_XDECREF(slot.item)
+    Py_XDECREF(slot.output)
+    Py_XDECREF(slot.error)
+    PyMem_RawFree(slot)
+
+
+cdef void _drop_slots(vector[Slot*]& slots) noexcept:
+    cdef Slot* slot
+    for slot in slots:
+        _drop_slot(slot)
+    slots.clear()
+
+
+cdef object _sleep = time.sleep
+
+
+@cython.final
+cdef class Engine:
+    """Shared state of one pool: window, queue, reorder, release, counters and waits.
+
+    ``kind`` is ``POOL`` (items are ``Task`` objects, whose ``fn`` writes ``task.output``) or
+    ``MAP`` (items are inputs; the outcome is kept beside them). ``keyed`` engines run the
+    items of one key one at a time, in arrival order. ``batch_seconds`` is the work a batch
+    should hold: the engine measures the cost per item and sizes batches to it.
+    ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
+    on, such as child processes; it must not reach the user's function).
+    """
+
+    cdef Mutex _mutex
+    cdef Cond _work_cv
+    cdef Cond _room_cv
+    cdef Cond _results_cv
+    cdef SlotDeque _queue
+    cdef SlotDeque _pending          # accepted, unreleased, ascending index
+    cdef SlotDeque _released
+    cdef unordered_map[Py_hash_t, SlotDeque] _parked   # keyed: slots behind a running key
+    cdef unordered_map[Py_hash_t, uint64_t] _key_owner # keyed: key -> the batch holding it
+    cdef vector[Slot*] _free
+    cdef vector[unsigned long] _owned                  # worker thread idents
+    cdef Py_ssize_t _window
+    cdef int _kind
+    cdef bint _keyed
+    cdef double _batch_seconds
+    cdef Py_ssize_t _parked_count
+    cdef uint64_t _next_batch
+    cdef uint64_t _last_released
+    cdef bint _has_released
+    cdef Py_ssize_t _accepted
+    cdef Py_ssize_t _finished
+    cdef Py_ssize_t _held
+    cdef Py_ssize_t _outstanding
+    cdef Py_ssize_t _running
+    cdef Py_ssize_t _dropped
+    cdef int _closed
+    cdef int _stopping
+    cdef object _end_error
+    cdef object _init_error
+    cdef uint64_t _terminated_head
+    cdef bint _has_terminated_head
+    cdef Py_ssize_t _idle
+    cdef Py_ssize_t _wakeups
+    cdef Py_ssize_t _producers_waiting
+    cdef bint _consumer_waiting
+    cdef object _waker
+    cdef object _on_terminate
+    cdef unsigned long _consumer
+    cdef bint _has_consumer
+    cdef unsigned long _feeder
+    cdef bint _has_feeder
+    cdef Py_ssize_t _live
+    cdef Py_ssize_t _max_batch
+    cdef double _cost
+    cdef double _started
+    cdef double _progress_time
+    # Written by the consumer's cursor alone (relaxed atomics), read anywhere.
+    cdef uint64_t _watermark
+    cdef int _has_watermark
+    cdef uint64_t _yielded
+
+    def __init__(self, window, kind=POOL, *, keyed=False, batch_seconds=0.002,
+                 on_terminate=None):
+        self._window = window
+        self._kind = kind
+        self._keyed = keyed
+        self._batch_seconds = batch_seconds
+        self._on_terminate = on_terminate
+        self._next_batch = 1
+        self._max_batch = 1  # until a batch is measured, items may be slow: spread them out
+        self._started = monotonic()
+        self._progress_time = self._started
+
+    def __dealloc__(self):
+        # No worker or batch can be alive here: both hold a reference to the engine.
+        cdef vector[Slot*] slots
+        cdef Slot* slot
+        cdef size_t i
+        for i in range(self._pending.size()):
+            slots.push_back(self._pending[i])
+        for i in range(self._released.size()):
+            slots.push_back(self._released[i])
+        self._pending.clear()
+        self._released.clear()
+        self._queue.clear()
+        self._parked.clear()
+        _drop_slots(slots)
+        for slot in self._free:
+            PyMem_RawFree(slot)
+        self._free.clear()
+
+    # -- locking -------------------------------------------------------------------------
+
+    cdef inline void _lock(self) noexcept:
+        if not self._mutex.try_lock():
+            with nogil:
+                self._mutex.lock()
+
+    cdef inline void _unlock(self) noexcept:
+        self._mutex.unlock()
+
+    cdef int _wait(self, Cond* condition, double seconds) noexcept:
+        """Wait on ``condition`` (mutex held on entry and return); 0 if ``seconds`` passed."""
+        cdef int woken
+        with nogil:
+            woken = cond_wait(condition[0], self._mutex, seconds)
+            self._mutex.unlock()
+        self._lock()  # GIL before mutex, always
+        return woken
+
+    cdef Refusal _wait_interruptibly(self, Cond* condition, double deadline) noexcept:
+        """``_wait`` for producers and the consumer: Ctrl-C and timeouts end it.
+
+        Returns OK (woken), TIMED_OUT, or INTERRUPTED with the exception set; the mutex is
+        held on return in every case.
+        """
+        cdef double seconds = -1.0
+        cdef bint main = PyThread_get_thread_ident() == _main_thread
+        cdef double now
+        if deadline >= 0:
+            now = monotonic()
+            if now >= deadline:
+                return TIMED_OUT
+            seconds = deadline - now
+        if main and (seconds < 0 or seconds > WAIT_SLICE):
+            seconds = WAIT_SLICE
+        self._wait(condition, seconds)
+        if main:
+            self._unlock()  # a handler may call back into the engine
+            if _check_signals() < 0:
+                self._lock()
+                return INTERRUPTED
+            self._lock()
+        return OK
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def window(self):
+        """Items accepted and not yet consumed, at most."""
+        return self._window
+
+    @property
+    def kind(self):
+        """``POOL`` or ``MAP``."""
+        return self._kind
+
+    @property
+    def closed(self):
+        """True once the engine accepts nothing more (closed, failed or terminated)."""
+        return bool(load_int(&self._closed))
+
+    @property
+    def stopping(self):
+        """True once the engine was terminated."""
+        return bool(load_int(&self._stopping))
+
+    @property
+    def watermark(self):
+        """Highest index such that every accepted item at or below it was yielded, or None."""
+        if not load_int(&self._has_watermark):
+            return None
+        return load_u64(&self._watermark)
+
+    @property
+    def yielded(self):
+        """How many items the cursors yielded."""
+        return load_u64(&self._yielded)
+
+    @property
+    def cost(self):
+        """Measured seconds of work per item (moving average); 0.0 before the first batch."""
+        cdef double cost
+        self._lock()
+        cost = self._cost
+        self._unlock()
+        return cost
+
+    @property
+    def max_batch(self):
+        """The most items a worker takes at once now (sized from ``cost``)."""
+        cdef Py_ssize_t size
+        self._lock()
+        size = self._max_batch
+        self._unlock()
+        return size
+
+    # -- producers -----------------------------------------------------------------------
+
+    def put(self, index, item, key=None, timeout=None):
+        """Accept ``item`` at ``index``; wait while the window is full.
+
+        Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
+        bad index (checked before any wait), ``PoolClosed`` once closed, ``TimeoutError`` after
+        ``timeout`` seconds of a full window, ``RuntimeError`` when the caller is a thread that
+        the wait would deadlock (the consumer, or one of the engine's workers).
+        """
+        cdef uint64_t value = _as_index(index)
+        cdef Py_hash_t keyhash = hash(key) if self._keyed else 0
+        self._put(value, item, keyhash, -1.0 if timeout is None else timeout)
+
+    def put_task(self, task, key=None, timeout=None):
+        """``put(task.index, task, key, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
+        if not isinstance(task, Task):
+            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
+        cdef uint64_t value = _as_index(task.index)
+        cdef Py_hash_t keyhash = hash(key) if self._keyed else 0
+        self._put(value, task, keyhash, -1.0 if timeout is None else timeout)
+
+    cdef int _put(self, uint64_t value, object item, Py_hash_t keyhash,
+                  double timeout) except -1:
+        cdef Refusal refusal
+        cdef Py_ssize_t window = self._window
+        cdef uint64_t last = 0
+        self._lock()
+        refusal = self._refusal(value)
+        if refusal == OK and self._outstanding >= window:
+            refusal = self._wait_for_room(timeout)
+            if refusal == OK:
+                refusal = self._refusal(value)
+        if refusal == OK:
+            self._accept(value, item, keyhash)
+            self._wake_workers()
+        last = self._last_released
+        self._unlock()
+        if refusal != OK:
+            self._raise_refusal(refusal, value, last, timeout)
+        return 0
+
+    def put_tasks(self, tasks, keys=None, timeout=None):
+        """Accept ``tasks`` in order, a window's room at a time; return how many were accepted.
+
+        Every task's type and index are checked first: a bad one raises before anything is
+        accepted. A task refused by the engine's state (a duplicate index, one not above the
+        last released, the pool closed) raises after the tasks before it were accepted.
+        """
+        cdef Py_ssize_t count = len(tasks), done = 0, position
+        cdef vector[uint64_t] values
+        cdef vector[Py_hash_t] hashes
+        cdef Refusal refusal = OK
+        cdef double seconds = -1.0 if timeout is None else timeout
+        cdef uint64_t last = 0
+        for position in range(count):
+            task = tasks[position]
+            if not isinstance(task, Task):
+                raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
+                                f"{type(task).__name__} (at position {position})")
+            values.push_back(_as_index(task.index))
+        if keys is not None and len(keys) != count:
+            raise ValueError(f"{len(keys)} keys for {count} tasks")
+        if self._keyed and keys is not None:
+            for key in keys:
+                hashes.push_back(hash(key))
+        cdef list items = list(tasks)  # keeps them alive while the mutex is held
+        self._lock()
+        while done < count:
+            refusal = self._refusal(values[done])
+            if refusal != OK:
+                break
+            if self._outstanding >= self._window:
+                refusal = self._wait_for_room(seconds)
+                if refusal != OK:
+                    break
+                continue
+            while (done < count and self._outstanding < self._window
+                   and self._refusal(values[done]) == OK):
+                self._accept(values[done], <object>PyList_GET_ITEM(items, done),
+                             hashes[done] if hashes.size() else 0)
+                done += 1
+            self._wake_workers()
+        last = self._last_released
+        self._unlock()
+        if refusal != OK:
+            self._raise_refusal(refusal, values[done], last, seconds)
+        return done
+
+    def feed(self, source, indexed=False):
+        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
+
+        Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
+        are indexed by position, or with ``indexed`` the source yields ``(index, item)``
+        pairs. Whatever ends the feed early (the source raising, a malformed pair, an index
+        the engine refuses) closes the engine with that error, which the consumer raises
+        after every item before it; termination ends the feed quietly.
+        """
+        cdef uint64_t position = 0, value
+        self._lock()
+        self._feeder = PyThread_get_thread_ident()
+        self._has_feeder = True
+        self._unlock()
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except BaseException as exc:
+                self.close(exc)
+                return
+            try:
+                if indexed:
+                    if type(item) is not tuple or len(item) != 2:
+                        raise TypeError(
+                            f"indexed=True: the iterable must yield (index, input) pairs, "
+                            f"got {type(item).__name__} at position {position}")
+                    index, item = item
+                    value = _as_index(index)
+                else:
+                    value = position
+                self._put(value, item, 0, -1.0)
+            except PoolClosed:
+                if load_int(&self._closed):
+                    return  # terminated, or a worker failed to start: nobody wants more
+                raise
+            except BaseException as exc:
+                self.close(exc)
+                return
+            position += 1
+        self.close()
+
+    cdef Refusal _refusal(self, uint64_t value) noexcept:
+        if self._closed:
+            return CLOSED
+        if self._has_released and value <= self._last_released:
+            return NOT_ABOVE_RELEASED
+        if pending_contains(self._pending, value):
+            return DUPLICATE
+        return OK
+
+    cdef int _raise_refusal(self, Refusal refusal, uint64_t value, uint64_t last,
+                            double timeout) except -1:
+        if refusal == INTERRUPTED:
+            _raise_signal_error()
+        if refusal == CLOSED:
+            if self._init_error is not None:
+                raise PoolClosed("the pool is closed: worker_init failed") from self._init_error
+            if load_int(&self._stopping):
+                raise PoolClosed("the pool was terminated and accepts no more tasks")
+            raise PoolClosed("the pool is closed and accepts no more tasks")
+        if refusal == NOT_ABOVE_RELEASED:
+            raise ValueError(f"task index {value} is not greater than the last released index "
+                             f"{last}")
+        if refusal == DUPLICATE:
+            raise ValueError(f"task index {value} is already pending (duplicate index)")
+        if refusal == TIMED_OUT:
+            raise TimeoutError(f"enqueue timed out after {timeout} s: the window of "
+                               f"{self._window} tasks stayed full")
+        who = ("the one iterating results()" if refusal == DEADLOCK_CONSUMER
+               else "one of the pool's own workers")
+        raise RuntimeError(
+            f"enqueue would wait forever: the window of {self._window} tasks is full and "
+            f"this thread is {who}; enqueue from another thread, use orderedtask.map, or "
+            "use a larger window")
+
+    cdef void _accept(self, uint64_t value, object item, Py_hash_t keyhash) noexcept:
+        cdef Slot* slot
+        if self._free.empty():
+            slot = <Slot*>PyMem_RawMalloc(sizeof(Slot))
+        else:
+            slot = self._free.back()
+            self._free.pop_back()
+        slot.index = value
+        Py_INCREF(item)
+        slot.item = <PyObject*>item
+        slot.output = NULL
+        slot.error = NULL
+        slot.keyhash = keyhash
+        slot.state = QUEUED
+        pending_insert(self._pending, slot)
+        self._queue.push_back(slot)
+        if not self._outstanding:
+            self._progress_time = monotonic()
+        self._outstanding += 1
+        self._accepted += 1
+
+    cdef Refusal _wait_for_room(self, double timeout) noexcept:
+        cdef unsigned long me = PyThread_get_thread_ident(), ident
+        cdef double deadline = -1.0
+        cdef Refusal refusal = OK
+        if self._has_consumer and me == self._consumer:
+            return DEADLOCK_CONSUMER
+        for ident in self._owned:
+            if ident == me:
+                return DEADLOCK_WORKER
+        if timeout >= 0:
+            deadline = monotonic() + timeout
+        self._producers_waiting += 1
+        while self._outstanding >= self._window:
+            if self._closed:
+                refusal = CLOSED
+                break
+            refusal = self._wait_interruptibly(&self._room_cv, deadline)
+            if refusal != OK:
+                break
+        self._producers_waiting -= 1
+        return refusal
+
+    cdef void _wake_workers(self) noexcept:
+        # One idle worker per batch's worth of queued work not already promised to a woken
+        # one: a lone item wakes a worker even while others run slow items, and a fast
+        # producer does not turn into a notify per item.
+        if (self._idle > self._wakeups
+                and <Py_ssize_t>self._queue.size() > self._wakeups * self._max_batch):
+            self._wakeups += 1
+            self._work_cv.notify_one()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_enter(self):
+        """A worker thread starts: count it, and know it (it must never wait for room)."""
+        self._lock()
+        self._owned.push_back(PyThread_get_thread_ident())
+        self._live += 1
+        self._unlock()
+
+    def worker_exit(self):
+        """A worker thread ends; the last one fails what no worker is left to run."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef size_t i
+        cdef Batch batch = Batch.__new__(Batch)
+        batch._engine = self
+        self._lock()
+        for i in range(self._owned.size()):
+            if self._owned[i] == me:
+                self._owned.erase(self._owned.begin() + i)
+                break
+        self._live -= 1
+        if self._live or self._stopping or not (self._queue.size() or self._parked_count):
+            self._notify_all()
+            self._unlock()
+            return
+        self._take_all_queued(batch)
+        self._unlock()
+        self.fail(batch, RuntimeError("every worker of the pool exited before running it"))
+
+    def fail_init(self, error):
+        """A worker could not start: close, and fail every item no worker has taken."""
+        cdef Batch batch = Batch.__new__(Batch)
+        batch._engine = self
+        failure = WorkerInitError(f"worker_init failed: {error!r}")
+        failure.__cause__ = error
+        self._lock()
+        if self._init_error is None:
+            self._init_error = error  # the old value is None: no reference is dropped here
+        store_int(&self._closed, 1)
+        self._take_all_queued(batch)
+        self._notify_all()
+        waker = self._take_waker()
+        self._unlock()
+        self.fail(batch, failure)
+        if waker is not None:
+            waker()
+
+    cdef void _take_all_queued(self, Batch batch) noexcept:
+        cdef Slot* slot
+        cdef size_t i
+        cdef pair[Py_hash_t, SlotDeque] parked
+        for i in range(self._queue.size()):
+            slot = self._queue[i]
+            slot.state = RUNNING
+            batch._slots.push_back(slot)
+        self._queue.clear()
+        for parked in self._parked:
+            for i in range(parked.second.size()):
+                slot = parked.second[i]
+                slot.state = RUNNING
+                batch._slots.push_back(slot)
+        self._parked.clear()
+        self._parked_count = 0
+        self._running += batch._slots.size()
+        batch._open = True
+
+    def take(self):
+        """Wait for work and take a batch; None when the worker should exit."""
+        cdef Batch batch = Batch.__new__(Batch)
+        batch._engine = self
+        if not self._take(batch._slots, batch._keys):
+            return None
+        batch._open = True
+        return batch
+
+    cdef bint _take(self, vector[Slot*]& slots, vector[Py_hash_t]& keys) noexcept:
+        """Wait (GIL released) for work; True with a batch in ``slots``, False to exit."""
+        cdef Py_ssize_t available, limit
+        self._lock()
+        while True:
+            if self._stopping:
+                self._unlock()
+                return False
+            available = self._queue.size()
+            if available:
+                limit = self._max_batch
+                if self._idle:  # leave a fair share for the idle workers
+                    limit = min(limit, (available + self._idle) // (self._idle + 1))
+                self._take_slots(limit, slots, keys)
+                if not slots.empty():
+                    if not self._queue.empty():
+                        self._wake_workers()
+                    self._unlock()
+                    return True
+                continue  # every queued item was parked behind a running key
+            if self._closed and not self._parked_count:
+                self._unlock()
+                return False
+            self._idle += 1
+            self._wait(&self._work_cv, -1.0)  # workers are never the main thread
+            self._idle -= 1
+            if self._wakeups:
+                self._wakeups -= 1
+
+    cdef void _take_slots(self, Py_ssize_t limit, vector[Slot*]& slots,
+                          vector[Py_hash_t]& keys) noexcept:
+        cdef Slot* slot
+        cdef uint64_t batch_id
+        cdef unordered_map[Py_hash_t, uint64_t].iterator holder
+        if not self._keyed:
+            while not self._queue.empty() and <Py_ssize_t>slots.size() < limit:
+                slot = self._queue.front()
+                self._queue.pop_front()
+                slot.state = RUNNING
+                slots.push_back(slot)
+            self._running += slots.size()
+            return
+        batch_id = self._next_batch
+        self._next_batch += 1
+        while not self._queue.empty() and <Py_ssize_t>slots.size() < limit:
+            slot = self._queue.front()
+            self._queue.pop_front()
+            holder = self._key_owner.find(slot.keyhash)
+            if holder == self._key_owner.end():
+                self._key_owner[slot.keyhash] = batch_id
+                keys.push_back(slot.keyhash)
+            elif deref(holder).second != batch_id:
+                self._parked[slot.keyhash].push_back(slot)
+                self._parked_count += 1
+                continue
+            slot.state = RUNNING
+            slots.push_back(slot)
+        self._running += slots.size()
+
+    def finish(self, batch, outcomes, elapsed=0.0):
+        """Store one ``(output, error)`` per item of ``batch`` (in its order) and finish it."""
+        cdef Batch held = <Batch?>batch
+        cdef Slot* slot
+        cdef size_t i
+        held._check_open()
+        if len(outcomes) != held._slots.size():
+            self.fail(batch, RuntimeError(
+                f"the backend returned {len(outcomes)} outcomes for a batch of "
+                f"{held._slots.size()}"), elapsed)
+            return
+        held._open = False
+        try:
+            for i in range(held._slots.size()):
+                slot = held._slots[i]
+                output, error = outcomes[i]
+                if self._kind == _POOL:
+                    task = <object>slot.item
+                    task.output = output
+                    task.error = error
+                else:
+                    _set_outcome(slot, output, error)
+        except BaseException as exc:
+            held._open = True
+            self.fail(batch, exc)
+            return
+        self._complete(held._slots, held._keys, elapsed)
+
+    def fail(self, batch, error, elapsed=0.0):
+        """Finish every item of ``batch`` with ``error``: the batch failed as a whole."""
+        cdef Batch held = <Batch?>batch
+        cdef Slot* slot
+        held._check_open()
+        held._open = False
+        for slot in held._slots:
+            if self._kind == _POOL:
+                task = <object>slot.item
+                try:
+                    task.output = None
+                    task.error = error
+                except BaseException:
+                    pass  # a task type that refuses attributes: the cursor still yields it
+            else:
+                _set_outcome(slot, None, error)
+        self._complete(held._slots, held._keys, 0.0)
+
+    cdef void _complete(self, vector[Slot*]& slots, vector[Py_hash_t]& keys,
+                        double elapsed) noexcept:
+        """The one way a taken batch comes back (GIL held, mutex not held)."""
+        cdef Slot* slot
+        cdef vector[Slot*] dead
+        cdef Py_ssize_t count = slots.size(), released
+        waker = None
+        self._lock()
+        self._running -= count
+        if self._stopping:
+            dead.swap(slots)  # terminated meanwhile: dropped and counted then
+        else:
+            for slot in slots:
+                slot.state = DONE
+            slots.clear()
+            self._finished += count
+            self._held += count
+            if keys.size():
+                self._free_keys(keys)
+            released = self._release_run()
+            if elapsed > 0 and count:
+                self._learn(count, elapsed)
+            if not self._queue.empty():
+                self._wake_workers()
+            if released:
+                waker = self._take_waker()
+            if self._closed and self._idle:
+                self._work_cv.notify_all()  # workers waiting for parked keys may now exit
+        keys.clear()
+        self._unlock()
+        _drop_slots(dead)
+        if waker is not None:
+            _call_waker(waker)
+
+    cdef void _free_keys(self, vector[Py_hash_t]& keys) noexcept:
+        cdef Py_hash_t keyhash
+        cdef unordered_map[Py_hash_t, SlotDeque].iterator waiting
+        cdef size_t i, n
+        for keyhash in keys:
+            self._key_owner.erase(keyhash)
+            waiting = self._parked.find(keyhash)
+            if waiting != self._parked.end():
+                # They were taken off the front before any same-key item still queued.
+                n = deref(waiting).second.size()
+                for i in range(n):
+                    self._queue.push_front(deref(waiting).second[n - 1 - i])
+                self._parked_count -= n
+                self._parked.erase(waiting)
+
+    cdef Py_ssize_t _release_run(self) noexcept:
+        cdef Py_ssize_t count = 0
+        cdef Slot* slot
+        while not self._pending.empty() and self._pending.front().state == DONE:
+            slot = self._pending.front()
+            self._pending.pop_front()
+            self._released.push_back(slot)
+            count += 1
+        if count:
+            self._held -= count
+            self._last_released = self._released.back().index
+            self._has_released = True
+            self._progress_time = monotonic()
+            if self._consumer_waiting:
+                self._results_cv.notify_one()
+        return count
+
+    cdef void _learn(self, Py_ssize_t count, double elapsed) noexcept:
+        cdef double per_item = elapsed / count
+        cdef double target
+        self._cost = per_item if not self._cost else 0.8 * self._cost + 0.2 * per_item
+        # A batch aims at batch_seconds of work: the hand-off stays a small part of it while
+        # slow items still spread over every worker.
+        target = self._batch_seconds / max(self._cost, 1e-9)
+        self._max_batch = max(1, min(_MAX_BATCH, <Py_ssize_t>min(target, <double>_MAX_BATCH)))
+
+    def run_worker(self, context_ref, worker):
+        """A thread worker's life: take a batch, run it, finish it, until the engine ends.
+
+        ``context_ref()`` (a weak reference) gives the object holding ``runner`` and
+        ``workerlocals``; it is looked up per batch, so an idle worker holds nothing that
+        the pool's own function could make into a cycle with the pool.
+        """
+        cdef vector[Slot*] slots
+        cdef vector[Py_hash_t] keys
+        cdef Runner runner
+        cdef Slot* slot
+        cdef PyObject* error
+        cdef double started
+        cdef Batch batch
+        while self._take(slots, keys):
+            try:
+                context = context_ref()
+                if context is None:  # the pool was garbage-collected: nobody will consume
+                    self.terminate()
+                    self._complete(slots, keys, 0.0)  # terminated: this only counts it back
+                    return
+                runner = <Runner?>context.runner
+                workerlocal = context.workerlocals[worker]
+                context = None
+                started = monotonic()
+                if self._kind == _POOL:
+                    for slot in slots:
+                        runner._run_task(workerlocal, <object>slot.item)
+                else:
+                    for slot in slots:
+                        error = NULL
+                        output = runner._run_value(slot.index, <object>slot.item, &error)
+                        Py_INCREF(output)
+                        slot.output = <PyObject*>output
+                        slot.error = error
+                        output = None
+                runner = None
+                workerlocal = None
+            except BaseException as exc:  # whatever broke, the batch fails
+                batch = Batch.__new__(Batch)
+                batch._engine = self
+                batch._slots.swap(slots)
+                batch._keys.swap(keys)
+                batch._open = True
+                self.fail(batch, exc)
+                batch = None
+                continue
+            self._complete(slots, keys, monotonic() - started)
+
+    # -- the consumer (through Cursor) ---------------------------------------------------
+
+    cdef int _claim(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident(), ident
+        cdef int reason = 0
+        self._lock()
+        if self._has_consumer:
+            reason = 1
+        elif self._has_feeder and me == self._feeder:
+            reason = 2
+        else:
+            for ident in self._owned:
+                if ident == me:
+                    reason = 2
+            if not reason:
+                self._consumer = me
+                self._has_consumer = True
+        self._unlock()
+        if reason == 1:
+            raise RuntimeError("results() is already being iterated by another consumer")
+        if reason == 2:
+            raise RuntimeError("a thread of the pool itself (a worker or the feeder) cannot "
+                               "iterate its results: it would wait for itself")
+        return 0
+
+    cdef void _unclaim(self) noexcept:
+        self._lock()
+        self._has_consumer = False
+        old = self._waker
+        self._waker = None
+        self._unlock()
+        old = None
+
+    cdef Found _next_released(self, Cursor cursor, object waker) noexcept:
+        """Move the released slots into ``cursor``; see Found for the outcomes.
+
+        ``cursor._credit`` items were consumed since the last call: they leave the window.
+        With ``waker``, returns NOTHING_YET instead of waiting and calls ``waker`` once
+        something changes.
+        """
+        cdef Found found = GOT
+        cdef Refusal refusal
+        cdef Slot* slot
+        old = None
+        self._lock()
+        if cursor._credit:
+            self._outstanding -= cursor._credit
+            cursor._credit = 0
+            if self._producers_waiting:
+                self._room_cv.notify_all()
+        for slot in cursor._spent:
+            if self._free.size() < FREE_SLOTS:
+                self._free.push_back(slot)
+            else:
+                PyMem_RawFree(slot)
+        cursor._spent.clear()
+        while self._released.empty():
+            if self._stopping:
+                found = STOPPED
+                break
+            if self._closed and self._pending.empty():
+                found = END
+                break
+            if waker is not None:
+                old = self._waker
+                self._waker = waker
+                found = NOTHING_YET
+                break
+            self._consumer_waiting = True
+            refusal = self._wait_interruptibly(&self._results_cv, -1.0)
+            self._consumer_waiting = False
+            if refusal != OK:
+                found = FAILED
+                break
+        if found == GOT:
+            while not self._released.empty():
+                cursor._buffer.push_back(self._released.front())
+                self._released.pop_front()
+        self._unlock()
+        old = None
+        return found
+
+    cdef object _take_waker(self):
+        # Mutex held: moving the reference out drops nothing.
+        waker = self._waker
+        self._waker = None
+        return waker
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    cdef void _notify_all(self) noexcept:
+        self._wakeups = 0
+        self._work_cv.notify_all()
+        self._room_cv.notify_all()
+        self._results_cv.notify_all()
+
+    def close(self, error=None):
+        """Accept nothing more; accepted items still run and are yielded. Idempotent.
+
+        ``error`` (the feeder's: the source failed) is raised by the consumer after every
+        item accepted before it.
+        """
+        self._lock()
+        if error is not None and not self._closed:
+            self._end_error = error  # the old value is None: no reference is dropped here
+        store_int(&self._closed, 1)
+        self._notify_all()
+        waker = self._take_waker()
+        self._unlock()
+        if waker is not None:
+            _call_waker(waker)
+
+    def terminate(self):
+        """Stop now: drop every item not yet yielded; workers exit after their batch."""
+        cdef vector[Slot*] dead
+        cdef bint first
+        self._lock()
+        first = not self._stopping
+        self._terminate_locked(dead)
+        waker = self._take_waker()
+        self._unlock()
+        _drop_slots(dead)  # outside the lock: an item's finalizer may call back in
+        if waker is not None:
+            _call_waker(waker)
+        if first and self._on_terminate is not None:
+            self._on_terminate()
+
+    def terminate_soon(self):
+        """``terminate``, from a finalizer: on another thread if this one holds the lock."""
+        # Nothing runs Python code under the mutex here, so a finalizer never finds it held.
+        self.terminate()
+
+    cdef void _terminate_locked(self, vector[Slot*]& dead) noexcept:
+        cdef Slot* slot
+        cdef size_t i
+        if self._stopping:
+            return
+        store_int(&self._closed, 1)
+        store_int(&self._stopping, 1)
+        self._has_terminated_head = not self._pending.empty()
+        if self._has_terminated_head:
+            self._terminated_head = self._pending.front().index
+        for i in range(self._pending.size()):
+            slot = self._pending[i]
+            if slot.state != RUNNING:  # a running slot is its worker's until it comes back
+                dead.push_back(slot)
+            self._dropped += 1
+        for i in range(self._released.size()):
+            dead.push_back(self._released[i])
+            self._dropped += 1
+        self._queue.clear()
+        self._parked.clear()
+        self._parked_count = 0
+        self._key_owner.clear()
+        self._pending.clear()
+        self._released.clear()
+        self._held = 0
+        self._notify_all()
+
+    def stats(self):
+        """A snapshot of the counters (README, "Observability")."""
+        cdef double now, elapsed, wait = 0.0, cost
+        cdef Py_ssize_t accepted, finished, queued, running, held, pending, released
+        cdef Py_ssize_t outstanding, dropped, live, batch
+        cdef uint64_t head = 0
+        cdef int closed
+        self._lock()  # C values only under the mutex: the dict is built after it
+        now = monotonic()
+        accepted, finished = self._accepted, self._finished
+        queued = self._queue.size() + self._parked_count
+        running, held = self._running, self._held
+        pending, released = self._pending.size(), self._released.size()
+        outstanding, dropped, live = self._outstanding, self._dropped, self._live
+        batch, cost, closed = self._max_batch, self._cost, self._closed
+        if pending:
+            head = self._pending.front().index
+            if not released:
+                wait = now - self._progress_time
+        elapsed = now - self._started
+        self._unlock()
+        yielded = load_u64(&self._yielded)
+        return {
+            "accepted": accepted,
+            "completed": finished,
+            "yielded": yielded,
+            "queued": queued,
+            "in_flight": running,
+            "reorder_depth": held,
+            "pending": pending,
+            "released": released,
+            "outstanding": outstanding,
+            "window": self._window,
+            "head": head if pending else None,
+            "head_wait_seconds": wait,
+            "throughput_per_second": yielded / elapsed if elapsed > 0 else 0.0,
+            "watermark": self.watermark,
+            "closed": bool(closed),
+            "dropped": dropped,
+            "workers": live,
+            "batch": batch,
+            "seconds_per_item": cost,
+        }
+
+
+# The exception a signal handler raised inside a wait, kept until the waiting call raises it.
+# Only the main thread runs signal handlers, so only it writes and reads this.
+cdef list _signal_error = [None]
+
+
+cdef int _check_signals() noexcept:
+    """Run pending signal handlers; -1 if one raised (kept for ``_raise_signal_error``)."""
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:
+        _signal_error[0] = exc
+        return -1
+    return 0
+
+
+cdef int _raise_signal_error() except -1:
+    error = _signal_error[0]
+    _signal_error[0] = None
+    raise error
+
+
+cdef void _call_waker(object waker) noexcept:
+    try:
+        waker()
+    except BaseException:
+        _unraisable(waker)
+
+
+cdef void _unraisable(object obj) noexcept:
+    try:
+        exc = sys.exc_info()[1]
+        sys.unraisablehook(_Unraisable(exc, obj))
+    except BaseException:
+        pass
+
+
+class _Unraisable:
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc, obj):
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "Exception ignored in an orderedtask waker"
+        self.object = obj
+
+
+cdef inline void _set_outcome(Slot* slot, object output, object error) noexcept:
+    # A running slot belongs to its batch: no lock needed (GIL held, mutex not).
+    cdef PyObject* old_output = slot.output
+    cdef PyObject* old_error = slot.error
+    Py_INCREF(output)
+    slot.output = <PyObject*>output
+    slot.error = NULL
+    if error is not None:
+        Py_INCREF(error)
+        slot.error = <PyObject*>error
+    Py_XDECREF(old_output)
+    Py_XDECREF(old_error)
+
+
+@cython.final
+cdef class Batch:
+    """Items a worker took at once; the worker hands it back to ``finish`` or ``fail``."""
+
+    cdef Engine _engine
+    cdef vector[Slot*] _slots
+    cdef vector[Py_hash_t] _keys
+    cdef bint _open
+
+    def __dealloc__(self):
+        # A batch must never vanish unfinished: its items would never come out.
+        if self._open and self._engine is not None:
+            self._open = False
+            try:
+                failure = RuntimeError("a worker dropped its batch before finishing it")
+                for slot in self._slots:
+                    if self._engine._kind == _POOL:
+                        task = <object>slot.item
+                        task.error = failure
+                    else:
+                        _set_outcome(slot, None, failure)
+            except BaseException:
+                pass
+            self._engine._complete(self._slots, self._keys, 0.0)
+
+    cdef int _check_open(self) except -1:
+        if not self._open:
+            raise RuntimeError("this batch was already finished")
+        return 0
+
+    @property
+    def indices(self):
+        """The items' indices, in the order the worker took them."""
+        return [slot.index for slot in self._slots]
+
+    @property
+    def items(self):
+        """The items: the tasks of a POOL engine, the inputs of a MAP engine."""
+        return [<object>slot.item for slot in self._slots]
+
+    @property
+    def inputs(self):
+        """What crosses to a worker process: ``task.input`` (POOL) or the item itself (MAP)."""
+        if self._engine._kind == _POOL:
+            return [(<object>slot.item).input for slot in self._slots]
+        return [<object>slot.item for slot in self._slots]
+
+    def __len__(self):
+        """How many items the batch holds."""
+        return self._slots.size()
+
+
+@cython.final
+cdef class Cursor:
+    """The consumer's side: yields released items in order, one at a time.
+
+    ``mode`` says what the consumer sees, the one expansion rule for every API, sync or
+    async: ``POOL`` yields the tasks (``task.error`` holds an ``Exception``; any other
+    ``BaseException`` is raised); ``MAP`` yields each output and raises an item's error at
+    its position; ``MAP_TASKS`` yields a new ``Task`` per item with ``output`` or ``error``
+    set. The cursor owns the watermark and the yielded count. It claims the engine on the
+    first ``next`` (one consumer at a time: a refused cursor stays refused) and calls
+    ``on_start`` then. Leaving before the end (``close``, an error, garbage collection)
+    terminates the engine; termination from elsewhere raises ``PoolTerminated``.
+    """
+
+    POOL = 0
+    MAP = 1
+    MAP_TASKS = 2
+
+    cdef Engine _engine
+    cdef int _mode
+    cdef SlotDeque _buffer
+    cdef vector[Slot*] _spent
+    cdef Py_ssize_t _credit
+    cdef int _state
+    cdef object _on_start
+    cdef object _keepalive
+    cdef object __weakref__
+
+    def __init__(self, engine, mode, on_start=None, keepalive=None):
+        if mode != 0 and mode != 1 and mode != 2:
+            raise ValueError(f"mode must be Cursor.POOL, MAP or MAP_TASKS, not {mode!r}")
+        self._engine = <Engine?>engine
+        self._mode = mode
+        self._state = NEW
+        self._on_start = on_start
+        self._keepalive = keepalive  # what the workers reach by weak reference
+
+    def __dealloc__(self):
+        cdef vector[Slot*] slots
+        if self._engine is not None and self._state == ACTIVE:
+            self._state = FINISHED
+            self._engine._unclaim()
+            try:
+                self._engine.terminate()
+            except BaseException:
+                pass
+        while not self._buffer.empty():
+            slots.push_back(self._buffer.front())
+            self._buffer.pop_front()
+        _drop_slots(slots)
+        _drop_slots(self._spent)
+
+    @property
+    def engine(self):
+        """The engine this cursor consumes."""
+        return self._engine
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._next(None)
+
+    def poll(self, waker):
+        """``next`` that never waits: the next item, or ``NOT_READY`` and ``waker()`` later.
+
+        Raises ``StopIteration`` at the end, like ``next``. A ``NOT_READY`` poll takes
+        nothing, so abandoning the wait (a cancelled ``await``) loses nothing.
+        """
+        return self._next(waker)
+
+    cdef object _next(self, object waker):
+        cdef Engine engine = self._engine
+        cdef Found found
+        cdef Slot* slot
+        if self._state != ACTIVE:
+            self._begin()
+        if load_int(&engine._stopping):
+            self._report_termination()
+        if self._buffer.empty():
+            found = engine._next_released(self, waker)
+            if found != GOT:
+                if found == FAILED:
+                    self._leave(True)
+                    _raise_signal_error()
+                if found == END:
+                    self._leave(False)
+                    if engine._end_error is not None:
+                        raise engine._end_error
+                    raise StopIteration
+                if found == STOPPED:
+                    self._report_termination()
+                return NOT_READY
+        slot = self._buffer.front()
+        self._buffer.pop_front()
+        self._credit += 1
+        return self._expand(slot)
+
+    cdef int _begin(self) except -1:
+        if self._state == FINISHED:
+            raise StopIteration
+        if self._state == REFUSED:
+            raise RuntimeError("results() is already being iterated by another consumer")
+        try:
+            self._engine._claim()
+        except RuntimeError:
+            self._state = REFUSED
+            raise
+        self._state = ACTIVE
+        on_start = self._on_start
+        self._on_start = None
+        if on_start is not None:
+            try:
+                on_start()
+            except BaseException:
+                self._leave(True)
+                raise
+        return 0
+
+    cdef inline void _spend(self, Slot* slot) noexcept:
+        # Drop what the slot still holds (outside the mutex); the engine reuses it later.
+        Py_XDECREF(slot.item)
+        Py_XDECREF(slot.output)
+        Py_XDECREF(slot.error)
+        slot.item = slot.output = slot.error = NULL
+        self._spent.push_back(slot)
+
+    cdef object _expand(self, Slot* slot):
+        cdef int mode = self._mode
+        cdef uint64_t index = slot.index
+        if mode == 0:  # POOL
+            task = <object>slot.item
+            self._spend(slot)
+            error = task.error
+            if error is not None and not isinstance(error, Exception):
+                self._leave(True)
+                raise error
+            self._mark(index)
+            return task
+        if slot.error != NULL:
+            error = <object>slot.error
+            if mode == 1 or not isinstance(error, Exception):
+                self._spend(slot)
+                self._leave(True)
+                if mode == 1 and isinstance(error, StopIteration):
+                    # It would end the caller's loop silently.
+                    raise RuntimeError("fn raised StopIteration") from error
+                raise error
+        if mode == 1:  # MAP
+            output = <object>slot.output
+            self._spend(slot)
+            self._mark(index)
+            return output
+        task = Task(index, <object>slot.item)  # MAP_TASKS
+        if slot.output != NULL:
+            task.output = <object>slot.output
+        if slot.error != NULL:
+            task.error = <object>slot.error
+        self._spend(slot)
+        self._mark(index)
+        return task
+
+    cdef inline void _mark(self, uint64_t index) noexcept:
+        cdef Engine engine = self._engine
+        store_u64(&engine._watermark, index)
+        store_int(&engine._has_watermark, 1)
+        store_u64(&engine._yielded, load_u64(&engine._yielded) + 1)
+
+    cdef int _report_termination(self) except -1:
+        cdef Engine engine = self._engine
+        cdef Py_ssize_t dropped
+        cdef object first = None
+        engine._lock()
+        dropped = engine._accepted - <Py_ssize_t>load_u64(&engine._yielded)
+        if not self._buffer.empty():
+            first = self._buffer.front().index
+        elif engine._has_terminated_head:
+            first = engine._terminated_head
+        engine._unlock()
+        self._leave(False)
+        if dropped:
+            raise PoolTerminated(dropped, first)
+        raise StopIteration
+
+    cdef void _leave(self, bint terminate) noexcept:
+        cdef vector[Slot*] slots
+        if self._state != ACTIVE:
+            self._state = FINISHED
+            return
+        self._state = FINISHED
+        while not self._buffer.empty():
+            slots.push_back(self._buffer.front())
+            self._buffer.pop_front()
+        _drop_slots(slots)
+        self._engine._unclaim()
+        if terminate:
+            try:
+                self._engine.terminate()
+            except BaseException:
+                _unraisable(self)
+
+    def close(self):
+        """Stop consuming; if the iteration had started and not ended, terminate the engine."""
+        self._leave(True)
+
+    def stats(self):
+        """The engine's counters."""
+        return self._engine.stats()
