@@ -7,7 +7,7 @@ from ._errors import PoolClosed, PoolTerminated, WorkerDied, WorkerInitError
 from ._map import TaskStream, amap, map, map_tasks
 from ._results import Results
 from ._pool import Pool
-from ._task import Task
+from ._core import Task
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._core import gil_enabled
 from ._map import TaskStream, map_tasks
-from ._task import Task
+from ._core import Task
 
 HEAD_BYTES = 40
 

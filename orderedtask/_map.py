@@ -19,7 +19,7 @@ from ._backends import Backend, make_backend
 from ._options import (MAP_WINDOW, check_bool, check_callable, check_retries, check_window,
                        default_window, workers_or_default)
 from ._results import Results
-from ._task import Task
+from ._core import Task
 
 T = TypeVar("T")
 R = TypeVar("R")

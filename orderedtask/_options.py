@@ -84,17 +84,6 @@ def check_retries(retries: object, backoff: object) -> tuple[int, float]:
     return retries, float(backoff)  # type: ignore[return-value]
 
 
-def check_timeout(timeout: object) -> float | None:
-    """``timeout=`` of the blocking calls: None (wait as long as it takes) or seconds >= 0."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
-    return float(timeout)
-
-
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {type(value).__name__}")

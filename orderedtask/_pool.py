@@ -12,10 +12,10 @@ from typing import Any
 
 from . import _core
 from ._backends import make_backend
-from ._options import (POOL_WINDOW, check_callable, check_retries, check_timeout, check_window,
-                       check_workers, default_window)
+from ._options import (POOL_WINDOW, check_callable, check_retries, check_window, check_workers,
+                       default_window)
 from ._results import Results
-from ._task import Task
+from ._core import Task
 
 WorkerFn = Callable[[dict[str, Any], Task], Any]
 
@@ -51,10 +51,9 @@ class Pool:
         retries, retry_backoff = check_retries(retries, retry_backoff)
         runner = _core.Runner(_core.POOL, fn, retries, retry_backoff)
         self._backend = make_backend(backend, runner, worker_init)
-        self._engine = _core.Engine(window, _core.POOL, keyed=key is not None,
+        self._engine = _core.Engine(window, _core.POOL, key=key,
                                     batch_seconds=self._backend.batch_seconds,
                                     on_terminate=self._backend.stopper())
-        self._key = key
         self._workers = workers
         # The finalizer reaches the engine only (and through it the backend's stopper), never
         # fn: a pool that fn refers to is still collected, and that terminates it.
@@ -87,13 +86,7 @@ class Pool:
         full, ``PoolClosed`` after ``close()``, ``RuntimeError`` from a thread the wait would
         deadlock (the consumer's, or a worker's). Safe to call from several threads.
         """
-        timeout = check_timeout(timeout)
-        if self._key is None:
-            self._engine.put_task(task, None, timeout)
-            return
-        if not isinstance(task, Task):
-            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
-        self._engine.put_task(task, self._key(task), timeout)
+        self._engine.put_task(task, timeout)
 
     def enqueue_many(self, tasks: Iterable[Task], timeout: float | None = None) -> int:
         """Enqueue each task in turn; return how many were accepted.
@@ -106,20 +99,13 @@ class Pool:
         back. A task the pool's state refuses (a duplicate index, one not above the last
         released, a closed pool) raises after the tasks before it were accepted.
         """
-        timeout = check_timeout(timeout)
         if isinstance(tasks, (list, tuple)):
-            keys = None
-            if self._key is not None:
-                for position, task in enumerate(tasks):
-                    if not isinstance(task, Task):
-                        raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
-                                        f"{type(task).__name__} (at position {position})")
-                keys = [self._key(task) for task in tasks]
-            accepted: int = self._engine.put_tasks(tasks, keys, timeout)
+            accepted: int = self._engine.put_tasks(tasks, timeout)
             return accepted
-        count = 0
+        _core.as_timeout(timeout)  # a bad timeout raises even for an empty iterable
+        put, count = self._engine.put_task, 0
         for task in tasks:
-            self.enqueue(task, timeout)
+            put(task, timeout)
             count += 1
         return count
 
@@ -160,7 +146,7 @@ class Pool:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker threads to exit (after ``close``/``terminate``); True if all did."""
-        timeout = check_timeout(timeout)
+        timeout = _core.as_timeout(timeout)
         if threading.current_thread() in self._threads:
             raise RuntimeError("a worker cannot join its own pool")
         deadline = None if timeout is None else monotonic() + timeout

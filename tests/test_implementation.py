@@ -19,8 +19,8 @@ ROOT = Path(orderedtask.__file__).resolve().parent.parent
 
 requires_extension = pytest.mark.skipif(NO_EXTENSIONS, reason="ORDEREDTASK_NO_EXTENSIONS is set")
 
-CLASSES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner")
-MODULE_NAMES = {"MAP", "MAX_BATCH", "NOT_READY", "POOL", *CLASSES, "as_index"}
+CLASSES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner", "Task")
+MODULE_NAMES = {"MAP", "MAX_BATCH", "NOT_READY", "POOL", *CLASSES, "as_index", "as_timeout"}
 
 
 @requires_extension

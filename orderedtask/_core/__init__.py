@@ -36,11 +36,13 @@ Cursor = impl.Cursor
 Engine = impl.Engine
 ReorderBuffer = impl.ReorderBuffer
 Runner = impl.Runner
+Task = impl.Task
 MAP: int = impl.MAP
 POOL: int = impl.POOL
 MAX_BATCH: int = impl.MAX_BATCH
 NOT_READY = impl.NOT_READY
 as_index = impl.as_index
+as_timeout = impl.as_timeout
 
 
 def gil_enabled() -> bool:
@@ -50,4 +52,4 @@ def gil_enabled() -> bool:
 
 
 __all__ = ["IMPLEMENTATION", "MAP", "MAX_BATCH", "NOT_READY", "NO_EXTENSIONS", "POOL", "Batch",
-           "Cursor", "Engine", "ReorderBuffer", "Runner", "as_index", "gil_enabled", "impl"]
+           "Cursor", "Engine", "ReorderBuffer", "Runner", "Task", "as_index", "as_timeout", "gil_enabled", "impl"]

@@ -32,8 +32,10 @@ cdef extern from "Python.h":
     void PyErr_Clear()
 
 from .._errors import PoolClosed, PoolTerminated, WorkerInitError
-from .._task import Task
 
+cdef object _sleep = time.sleep
+
+include "_task.pxi"
 include "_reorder.pxi"
 include "_runner.pxi"
 include "_engine.pxi"

@@ -118,7 +118,22 @@ cdef void _drop_slots(vector[Slot*]& slots) noexcept:
     slots.clear()
 
 
-cdef object _sleep = time.sleep
+def as_timeout(timeout):
+    """``timeout=`` of a blocking call: None (no limit) or seconds >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+    return float(timeout)
+
+
+cdef inline double _seconds(object timeout) except? -2.0:
+    # -1.0: no limit.
+    if timeout is None:
+        return -1.0
+    return as_timeout(timeout)
 
 
 @cython.final
@@ -126,8 +141,9 @@ cdef class Engine:
     """Shared state of one pool: window, queue, reorder, release, counters and waits.
 
     ``kind`` is ``POOL`` (items are ``Task`` objects, whose ``fn`` writes ``task.output``) or
-    ``MAP`` (items are inputs; the outcome is kept beside them). ``keyed`` engines run the
-    items of one key one at a time, in arrival order. ``batch_seconds`` is the work a batch
+    ``MAP`` (items are inputs; the outcome is kept beside them). With ``key``, items of equal
+    ``key(item)`` run one at a time, in arrival order (``key`` runs in the producer's thread,
+    before anything is accepted; what it raises propagates). ``batch_seconds`` is the work a batch
     should hold: the engine measures the cost per item and sizes batches to it.
     ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
     on, such as child processes; it must not reach the user's function).
@@ -170,6 +186,7 @@ cdef class Engine:
     cdef bint _consumer_waiting
     cdef object _waker
     cdef object _on_terminate
+    cdef object _key
     cdef unsigned long _consumer
     cdef bint _has_consumer
     cdef unsigned long _feeder
@@ -184,11 +201,12 @@ cdef class Engine:
     cdef int _has_watermark
     cdef uint64_t _yielded
 
-    def __init__(self, window, kind=POOL, *, keyed=False, batch_seconds=0.002,
+    def __init__(self, window, kind=POOL, *, key=None, batch_seconds=0.002,
                  on_terminate=None):
         self._window = window
         self._kind = kind
-        self._keyed = keyed
+        self._key = key
+        self._keyed = key is not None
         self._batch_seconds = batch_seconds
         self._on_terminate = on_terminate
         self._next_batch = 1
@@ -312,25 +330,35 @@ cdef class Engine:
 
     # -- producers -----------------------------------------------------------------------
 
-    def put(self, index, item, key=None, timeout=None):
+    def put(self, index, item, timeout=None):
         """Accept ``item`` at ``index``; wait while the window is full.
 
         Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
-        bad index (checked before any wait), ``PoolClosed`` once closed, ``TimeoutError`` after
-        ``timeout`` seconds of a full window, ``RuntimeError`` when the caller is a thread that
-        the wait would deadlock (the consumer, or one of the engine's workers).
+        bad index or timeout (checked before any wait), ``PoolClosed`` once closed,
+        ``TimeoutError`` after ``timeout`` seconds of a full window, ``RuntimeError`` when the
+        caller is a thread that the wait would deadlock (the consumer, or one of the engine's
+        workers).
         """
         cdef uint64_t value = _as_index(index)
-        cdef Py_hash_t keyhash = hash(key) if self._keyed else 0
-        self._put(value, item, keyhash, -1.0 if timeout is None else timeout)
+        cdef double seconds = _seconds(timeout)
+        cdef Py_hash_t keyhash = hash(self._key(item)) if self._keyed else 0
+        self._put(value, item, keyhash, seconds)
 
-    def put_task(self, task, key=None, timeout=None):
-        """``put(task.index, task, key, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
-        if not isinstance(task, Task):
+    def put_task(self, task, timeout=None):
+        """``put(task.index, task, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
+        cdef uint64_t value
+        cdef double seconds
+        cdef Py_hash_t keyhash = 0
+        if type(task) is Task:
+            value = _as_index((<Task>task).index)
+        elif isinstance(task, Task):
+            value = _as_index(task.index)
+        else:
             raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
-        cdef uint64_t value = _as_index(task.index)
-        cdef Py_hash_t keyhash = hash(key) if self._keyed else 0
-        self._put(value, task, keyhash, -1.0 if timeout is None else timeout)
+        seconds = -1.0 if timeout is None else _seconds(timeout)
+        if self._keyed:
+            keyhash = hash(self._key(task))
+        self._put(value, task, keyhash, seconds)
 
     cdef int _put(self, uint64_t value, object item, Py_hash_t keyhash,
                   double timeout) except -1:
@@ -352,31 +380,34 @@ cdef class Engine:
             self._raise_refusal(refusal, value, last, timeout)
         return 0
 
-    def put_tasks(self, tasks, keys=None, timeout=None):
+    def put_tasks(self, tasks, timeout=None):
         """Accept ``tasks`` in order, a window's room at a time; return how many were accepted.
 
-        Every task's type and index are checked first: a bad one raises before anything is
-        accepted. A task refused by the engine's state (a duplicate index, one not above the
-        last released, the pool closed) raises after the tasks before it were accepted.
+        Every task's type and index are checked first (and ``key`` applied to each): a bad
+        one raises before anything is accepted. A task refused by the engine's state (a
+        duplicate index, one not above the last released, the pool closed) raises after the
+        tasks before it were accepted.
         """
-        cdef Py_ssize_t count = len(tasks), done = 0, position
+        cdef double seconds = _seconds(timeout)
+        cdef list items = list(tasks)  # keeps them alive while the mutex is held
+        cdef Py_ssize_t count = len(items), done = 0, position
         cdef vector[uint64_t] values
         cdef vector[Py_hash_t] hashes
         cdef Refusal refusal = OK
-        cdef double seconds = -1.0 if timeout is None else timeout
         cdef uint64_t last = 0
+        values.reserve(count)
         for position in range(count):
-            task = tasks[position]
-            if not isinstance(task, Task):
+            task = <object>PyList_GET_ITEM(items, position)
+            if type(task) is Task:
+                values.push_back(_as_index((<Task>task).index))
+            elif isinstance(task, Task):
+                values.push_back(_as_index(task.index))
+            else:
                 raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
                                 f"{type(task).__name__} (at position {position})")
-            values.push_back(_as_index(task.index))
-        if keys is not None and len(keys) != count:
-            raise ValueError(f"{len(keys)} keys for {count} tasks")
-        if self._keyed and keys is not None:
-            for key in keys:
-                hashes.push_back(hash(key))
-        cdef list items = list(tasks)  # keeps them alive while the mutex is held
+        if self._keyed:
+            for position in range(count):
+                hashes.push_back(hash(self._key(<object>PyList_GET_ITEM(items, position))))
         self._lock()
         while done < count:
             refusal = self._refusal(values[done])
@@ -679,9 +710,7 @@ cdef class Engine:
                 slot = held._slots[i]
                 output, error = outcomes[i]
                 if self._kind == _POOL:
-                    task = <object>slot.item
-                    task.output = output
-                    task.error = error
+                    _set_task(<object>slot.item, output, error)
                 else:
                     _set_outcome(slot, output, error)
         except BaseException as exc:
@@ -698,10 +727,8 @@ cdef class Engine:
         held._open = False
         for slot in held._slots:
             if self._kind == _POOL:
-                task = <object>slot.item
                 try:
-                    task.output = None
-                    task.error = error
+                    _set_task(<object>slot.item, None, error)
                 except BaseException:
                     pass  # a task type that refuses attributes: the cursor still yields it
             else:
@@ -1083,6 +1110,16 @@ class _Unraisable:
         self.object = obj
 
 
+cdef inline int _set_task(object task, object output, object error) except -1:
+    if type(task) is Task:
+        (<Task>task).output = output
+        (<Task>task).error = error
+    else:
+        task.output = output
+        task.error = error
+    return 0
+
+
 cdef inline void _set_outcome(Slot* slot, object output, object error) noexcept:
     # A running slot belongs to its batch: no lock needed (GIL held, mutex not).
     cdef PyObject* old_output = slot.output
@@ -1282,7 +1319,7 @@ cdef class Cursor:
         if mode == 0:  # POOL
             task = <object>slot.item
             self._spend(slot)
-            error = task.error
+            error = (<Task>task).error if type(task) is Task else task.error
             if error is not None and not isinstance(error, Exception):
                 self._leave(True)
                 raise error

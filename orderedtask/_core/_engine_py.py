@@ -34,14 +34,28 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import monotonic, perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import PoolClosed, PoolTerminated, WorkerInitError
-from .._task import Task
+from .. import _core as _selected  # the process's Task: _selected.Task, read at call time
+
+if TYPE_CHECKING:
+    from ._task_py import Task
 from ._reorder_py import as_index
 from ._runner_py import MAP, POOL, Runner
 
-__all__ = ["Batch", "Cursor", "Engine", "MAX_BATCH", "NOT_READY"]
+__all__ = ["Batch", "Cursor", "Engine", "MAX_BATCH", "NOT_READY", "as_timeout"]
+
+
+def as_timeout(timeout: object) -> float | None:
+    """``timeout=`` of a blocking call: None (no limit) or seconds >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+    return float(timeout)
 
 #: The most items a worker takes at once, whatever the measured cost.
 MAX_BATCH = 4096
@@ -103,20 +117,22 @@ class Engine:
     """Shared state of one pool: window, queue, reorder, release, counters and waits.
 
     ``kind`` is ``POOL`` (items are ``Task`` objects, whose ``fn`` writes ``task.output``) or
-    ``MAP`` (items are inputs; the outcome is kept beside them). ``keyed`` engines run the
-    items of one key one at a time, in arrival order. ``batch_seconds`` is the work a batch
+    ``MAP`` (items are inputs; the outcome is kept beside them). With ``key``, items of equal
+    ``key(item)`` run one at a time, in arrival order (``key`` runs in the producer's thread,
+    before anything is accepted; what it raises propagates). ``batch_seconds`` is the work a batch
     should hold: the engine measures the cost per item and sizes batches to it.
     ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
     on, such as child processes; it must not reach the user's function).
     """
 
-    def __init__(self, window: int, kind: int = POOL, *, keyed: bool = False,
-                 batch_seconds: float = 0.002,
+    def __init__(self, window: int, kind: int = POOL, *,
+                 key: Callable[[Any], Any] | None = None, batch_seconds: float = 0.002,
                  on_terminate: Callable[[], Any] | None = None) -> None:
         self._window = window
         self._on_terminate = on_terminate
         self._kind = kind
-        self._keyed = keyed
+        self._key = key
+        self._keyed = key is not None
         self._batch_seconds = batch_seconds
         self._lock = threading.RLock()  # an RLock knows its owner: see _wait and terminate_soon
         self._work = threading.Condition(self._lock)
@@ -203,16 +219,28 @@ class Engine:
 
     # -- producers -----------------------------------------------------------------------
 
-    def put(self, index: int, item: Any, key: Any = None, timeout: float | None = None) -> None:
+    def put(self, index: int, item: Any, timeout: float | None = None) -> None:
         """Accept ``item`` at ``index``; wait while the window is full.
 
         Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
-        bad index (checked before any wait), ``PoolClosed`` once closed, ``TimeoutError`` after
-        ``timeout`` seconds of a full window, ``RuntimeError`` when the caller is a thread that
-        the wait would deadlock (the consumer, or one of the engine's workers).
+        bad index or timeout (checked before any wait), ``PoolClosed`` once closed,
+        ``TimeoutError`` after ``timeout`` seconds of a full window, ``RuntimeError`` when the
+        caller is a thread that the wait would deadlock (the consumer, or one of the engine's
+        workers).
         """
         value = as_index(index)
-        keyhash = hash(key) if self._keyed else 0
+        seconds = as_timeout(timeout)
+        keyhash = hash(self._key(item)) if self._key is not None else 0
+        self._put(value, index, item, keyhash, seconds)
+
+    def put_task(self, task: Task, timeout: float | None = None) -> None:
+        """``put(task.index, task, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
+        if not isinstance(task, _selected.Task):
+            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
+        self.put(task.index, task, timeout)
+
+    def _put(self, value: int, index: object, item: Any, keyhash: int,
+             timeout: float | None) -> None:
         with self._lock:
             self._check_accepts(value, index)
             if self._outstanding >= self._window:
@@ -225,35 +253,29 @@ class Engine:
                 self._break()
                 raise
 
-    def put_task(self, task: Task, key: Any = None, timeout: float | None = None) -> None:
-        """``put(task.index, task, key, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
-        if not isinstance(task, Task):
-            raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
-        self.put(task.index, task, key, timeout)
-
-    def put_tasks(self, tasks: Sequence[Task], keys: Sequence[Any] | None = None,
-                  timeout: float | None = None) -> int:
+    def put_tasks(self, tasks: Sequence[Task], timeout: float | None = None) -> int:
         """Accept ``tasks`` in order, a window's room at a time; return how many were accepted.
 
-        Every task's type and index are checked first: a bad one raises before anything is
-        accepted. A task refused by the engine's state (a duplicate index, one not above the
-        last released, the pool closed) raises after the tasks before it were accepted.
+        Every task's type and index are checked first (and ``key`` applied to each): a bad
+        one raises before anything is accepted. A task refused by the engine's state (a
+        duplicate index, one not above the last released, the pool closed) raises after the
+        tasks before it were accepted.
         """
+        seconds = as_timeout(timeout)
         values = []
         for position, task in enumerate(tasks):
-            if not isinstance(task, Task):
+            if not isinstance(task, _selected.Task):
                 raise TypeError(f"enqueue_many() takes orderedtask.Task items, not "
                                 f"{type(task).__name__} (at position {position})")
             values.append(as_index(task.index))
-        if keys is not None and len(keys) != len(tasks):
-            raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks")
-        hashes = [hash(key) for key in keys] if (self._keyed and keys is not None) else None
+        key = self._key
+        hashes = [hash(key(task)) for task in tasks] if key is not None else None
         done, count = 0, len(tasks)
         with self._lock:
             while done < count:
                 self._check_accepts(values[done], tasks[done].index)  # the first refused raises
                 if self._outstanding >= self._window:
-                    self._wait_for_room(timeout)
+                    self._wait_for_room(seconds)
                     continue
                 try:
                     while (done < count and self._outstanding < self._window
@@ -882,7 +904,7 @@ class Cursor:
         if error is not None and not isinstance(error, Exception):
             self._leave(terminate=True)
             raise error
-        task = Task(slot.index, slot.item)
+        task = _selected.Task(slot.index, slot.item)
         task.output = slot.output
         task.error = error
         engine._watermark = slot.index

@@ -46,15 +46,21 @@ cdef class Runner:
             except Exception as exc:
                 if attempt < self.retries:
                     attempt += 1
-                    task.output = None
+                    if type(task) is Task:
+                        (<Task>task).output = None
+                    else:
+                        task.output = None
                     if self.backoff:
                         _sleep(self.backoff)
                     continue
-                task.error = exc
-                return 0
+                failure = exc
             except BaseException as exc:
-                task.error = exc
-                return 0
+                failure = exc
+            if type(task) is Task:
+                (<Task>task).error = failure
+            else:
+                task.error = failure
+            return 0
 
     cdef object _run_value(self, uint64_t index, object item, PyObject** error):
         """``(output, NULL)``, or ``(None, a new reference to the error)``."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._task import Task
+from .. import _core as _selected  # the process's Task: _selected.Task, read at call time
+
+if TYPE_CHECKING:
+    from ._task_py import Task
 
 __all__ = ["MAP", "POOL", "Runner"]
 
@@ -99,7 +102,7 @@ class Runner:
         if self.kind == POOL:
             outcomes: list[Outcome] = []
             for index, value in zip(indices, items):
-                task = Task(index, value)
+                task = _selected.Task(index, value)
                 self.run_task(workerlocal, task)
                 outcomes.append((task.output, task.error))
             return outcomes

@@ -1,8 +1,14 @@
-"""The unit of work that travels through a pool."""
+"""``Task``, the unit of work that travels through a pool: the specification of ``_task.pxi``.
+
+One Task class serves a whole process: the compiled one with the compiled core, this one
+without (``orderedtask._core.Task`` is the one in use).
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+__all__ = ["Task"]
 
 
 class Task:
@@ -23,3 +29,9 @@ class Task:
     def __repr__(self) -> str:
         state = f"error={self.error!r}" if self.error is not None else f"output={self.output!r}"
         return f"Task(index={self.index!r}, input={self.input!r}, {state})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.input), (self.output, self.error))
+
+    def __setstate__(self, state: tuple[Any, BaseException | None]) -> None:
+        self.output, self.error = state

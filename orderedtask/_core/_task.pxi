@@ -1,0 +1,30 @@
+# The compiled Task (included by _core_c.pyx); _task_py.py is its specification.
+
+
+cdef class Task:
+    """One piece of work: an ``index`` that orders it and an ``input``.
+
+    The pool's function writes ``output``; if the function raised, ``error`` holds the
+    exception and the task is still yielded in its place.
+    """
+
+    cdef public object index
+    cdef public object input
+    cdef public object output
+    cdef public object error
+
+    def __init__(self, index, input=None):
+        self.index = index
+        self.input = input
+        self.output = None
+        self.error = None
+
+    def __repr__(self):
+        state = f"error={self.error!r}" if self.error is not None else f"output={self.output!r}"
+        return f"Task(index={self.index!r}, input={self.input!r}, {state})"
+
+    def __reduce__(self):
+        return (type(self), (self.index, self.input), (self.output, self.error))
+
+    def __setstate__(self, state):
+        self.output, self.error = state
