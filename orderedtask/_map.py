@@ -50,12 +50,12 @@ class _Plan:
                                    on_terminate=self.backend.stopper())
 
     def cursor(self, mode: int, source: Callable[[], Iterator[Any]], indexed: bool,
-               name: str) -> Any:
+               name: str, buffered: Callable[[], int] | None = None) -> Any:
         engine, backend, workers = self.engine, self.backend, self.workers
 
         def start() -> None:
             backend.start(engine, workers, name)
-            threading.Thread(target=engine.feed, args=(source(), indexed),
+            threading.Thread(target=engine.feed, args=(source(), indexed, buffered),
                              name=f"{name}-feeder", daemon=True).start()
 
         # The cursor keeps the backend alive; the workers reach it by weak reference.
@@ -85,7 +85,8 @@ def map(
     plan = _Plan(fn, workers, window, backend, retries, retry_backoff)
     check_bool("progress", progress)
     source = iter(iterable)
-    cursor = plan.cursor(_core.Cursor.MAP, lambda: source, False, "orderedtask-map")
+    cursor = plan.cursor(_core.Cursor.MAP, lambda: source, False, "orderedtask-map",
+                         _buffered_hint(iterable))
     return _ProgressResults(cursor, iterable) if progress else cursor  # type: ignore[no-any-return]
 
 
@@ -104,8 +105,9 @@ def map_tasks(
 ) -> TaskStream:
     """Like ``map``, but yield a ``Task`` per item and keep each item's error on its task.
 
-    ``task.index`` is the item's position, or with ``indexed=True`` the iterable yields
-    ``(index, input)`` pairs and the index is kept (Kafka offsets). ``task.output`` is
+    Tasks come in input order. ``task.index`` is the item's position, or with ``indexed=True``
+    the iterable yields ``(index, input)`` pairs and the index is kept (Kafka offsets; any
+    ``int`` in ``[0, 2**64)``). ``task.output`` is
     ``fn(input)``; an ``Exception`` from ``fn``, or the failure of the batch the item was in
     (a worker process that died, an executor that refused it), is stored on ``task.error``
     and the stream goes on (``describe_error(index, input, error)`` may replace an error from
@@ -116,8 +118,8 @@ def map_tasks(
     check_bool("indexed", indexed)
     check_bool("progress", progress)
     source = iter(iterable)
-    cursor = plan.cursor(_core.Cursor.MAP_TASKS, lambda: source, indexed,
-                         "orderedtask-map")
+    cursor = plan.cursor(_core.Cursor.MAP_TASKS, lambda: source, indexed, "orderedtask-map",
+                         _buffered_hint(iterable))
     return _ProgressResults(cursor, iterable) if progress else cursor  # type: ignore[no-any-return]
 
 
@@ -154,6 +156,16 @@ def amap(
             return items
 
     return AsyncResults(plan.cursor(_core.Cursor.MAP, source, False, "orderedtask-amap"))
+
+
+def _buffered_hint(iterable: object) -> Callable[[], int] | None:
+    """The iterable's ``buffered()``: how many items it can give now without blocking.
+
+    A source that knows (a line reader, a consumer's fetch buffer) may offer it; the feeder
+    then takes that many under one lock round instead of one at a time.
+    """
+    hint = getattr(iterable, "buffered", None)
+    return hint if callable(hint) else None
 
 
 def _progress_total(iterable: object) -> int | None:

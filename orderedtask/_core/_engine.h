@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <vector>
 
 namespace ot {
 
@@ -38,6 +39,15 @@ static inline int cond_wait(Cond &cv, Mutex &m, double seconds) {
     return woken;
 }
 
+/* A short pause inside a spin on the mutex. */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static inline double monotonic(void) {
     return std::chrono::duration<double>(
         std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -50,17 +60,42 @@ static inline uint64_t load_u64(const uint64_t *p) { return __atomic_load_n(p, _
 static inline void store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline int load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
-/* One accepted item. It owns references to item, output and error (NULL when unset). */
+/* One accepted item (a Pool's task) or, in a map engine, a chunk of consecutive items that
+ * the feeder accepted while no worker had taken the chunk yet. A slot owns references to
+ * everything it points to (NULL when unset). */
 enum SlotState { QUEUED = 0, RUNNING = 1, DONE = 2 };
 
 struct Slot {
-    uint64_t index;
-    PyObject *item;
-    PyObject *output;
-    PyObject *error;
+    uint64_t index;              /* the task's index; a chunk's first position */
+    Py_ssize_t weight;           /* items in it: 1 for a task */
+    PyObject *item;              /* the task (Pool engines) */
+    std::vector<PyObject *> items;    /* map engines: the inputs */
+    std::vector<PyObject *> outputs;  /* map engines: one per item once run */
+    std::vector<PyObject *> errors;   /* map engines: empty, or one per item */
+    std::vector<uint64_t> labels;     /* map engines with indexed=True: the source's index */
     Py_hash_t keyhash;
     int state;
 };
+
+static inline Slot *new_slot(void) { return new Slot(); }
+static inline void delete_slot(Slot *slot) { delete slot; }
+
+/* Python 3.12 replaced the fetch/restore triple by one exception object. */
+static inline PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL) {
+        PyException_SetTraceback(value, traceback);
+        Py_DECREF(traceback);
+    }
+    Py_XDECREF(type);
+    return value;
+#endif
+}
 
 typedef std::deque<Slot *> SlotDeque;
 

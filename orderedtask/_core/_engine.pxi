@@ -9,61 +9,32 @@
 # the mutex held, and a Ctrl-C cannot land half-way through an update. Waits release the GIL
 # and the mutex; the main thread's waits wake every WAIT_SLICE seconds to run signal handlers.
 
-cdef extern from "_engine.h" namespace "ot" nogil:
-    cppclass Mutex:
-        void lock()
-        void unlock()
-        bint try_lock()
-    cppclass Cond:
-        void notify_one()
-        void notify_all()
-    int cond_wait(Cond&, Mutex&, double)
-    double monotonic()
-    void store_u64(uint64_t*, uint64_t)
-    uint64_t load_u64(const uint64_t*)
-    void store_int(int*, int)
-    int load_int(const int*)
-
-    enum SlotState:
-        QUEUED
-        RUNNING
-        DONE
-    ctypedef struct Slot:
-        uint64_t index
-        PyObject* item
-        PyObject* output
-        PyObject* error
-        Py_hash_t keyhash
-        int state
-    cppclass SlotDeque:
-        SlotDeque()
-        bint empty()
-        size_t size()
-        Slot*& front()
-        Slot*& back()
-        Slot*& operator[](size_t)
-        void push_back(Slot*)
-        void push_front(Slot*)
-        void pop_front()
-        void clear()
-    bint pending_contains(const SlotDeque&, uint64_t)
-    void pending_insert(SlotDeque&, Slot*)
-
-cdef extern from "Python.h":
-    unsigned long PyThread_get_thread_ident() nogil
-    int PyErr_CheckSignals() except -1
-    void* PyMem_RawMalloc(size_t) nogil
-    void PyMem_RawFree(void*) nogil
-
 #: The most items a worker takes at once, whatever the measured cost.
 MAX_BATCH = 4096
 cdef Py_ssize_t _MAX_BATCH = 4096
 # How long the main thread waits before it looks for a signal (Ctrl-C) to handle.
 cdef double WAIT_SLICE = 0.05
+# How often a thread tries the mutex again before it releases the GIL to wait for it.
+cdef int LOCK_SPINS = 200
 # Slots kept for reuse, per engine.
 cdef size_t FREE_SLOTS = 8192
 
 cdef unsigned long _main_thread = threading.main_thread().ident
+
+#: How many items the feeder pulls at once from a source whose pulls never block.
+PULL_BATCH = 256
+cdef Py_ssize_t _PULL_BATCH = 256
+# Iterators whose next() never waits for anything: the feeder may pull many in a row.
+cdef frozenset NEVER_BLOCKING = frozenset(type(iter(items)) for items in (
+    [], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(), {}.items(), set(),
+    frozenset())) | {type(reversed([])), type(reversed(range(0)))}
+
+
+cdef uint64_t _index_of_pair(object pair, uint64_t position) except? 0:
+    if type(pair) is not tuple or len(<tuple>pair) != 2:
+        raise TypeError(f"indexed=True: the iterable must yield (index, input) pairs, got "
+                        f"{type(pair).__name__} at position {position}")
+    return _as_index((<tuple>pair)[0])
 
 
 class _NotReady:
@@ -103,12 +74,26 @@ cdef enum CursorState:
     REFUSED
 
 
-cdef inline void _drop_slot(Slot* slot) noexcept:
-    """Free a slot and its references (GIL held, mutex not held)."""
+cdef inline void _clear_slot(Slot* slot) noexcept:
+    """Drop every reference a slot holds (GIL held, mutex not held); keep its capacity."""
+    cdef PyObject* obj
     Py_XDECREF(slot.item)
-    Py_XDECREF(slot.output)
-    Py_XDECREF(slot.error)
-    PyMem_RawFree(slot)
+    slot.item = NULL
+    for obj in slot.items:
+        Py_XDECREF(obj)
+    for obj in slot.outputs:
+        Py_XDECREF(obj)
+    for obj in slot.errors:
+        Py_XDECREF(obj)
+    slot.items.clear()
+    slot.outputs.clear()
+    slot.errors.clear()
+    slot.labels.clear()
+
+
+cdef inline void _drop_slot(Slot* slot) noexcept:
+    _clear_slot(slot)
+    delete_slot(slot)
 
 
 cdef void _drop_slots(vector[Slot*]& slots) noexcept:
@@ -165,6 +150,8 @@ cdef class Engine:
     cdef bint _keyed
     cdef double _batch_seconds
     cdef Py_ssize_t _parked_count
+    cdef Py_ssize_t _queued                            # items in _queue (not parked)
+    cdef uint64_t _next_position                       # MAP engines: the next item's position
     cdef uint64_t _next_batch
     cdef uint64_t _last_released
     cdef bint _has_released
@@ -229,15 +216,23 @@ cdef class Engine:
         self._parked.clear()
         _drop_slots(slots)
         for slot in self._free:
-            PyMem_RawFree(slot)
+            delete_slot(slot)
         self._free.clear()
 
     # -- locking -------------------------------------------------------------------------
 
     cdef inline void _lock(self) noexcept:
-        if not self._mutex.try_lock():
-            with nogil:
-                self._mutex.lock()
+        # Critical sections are short: spin a little before giving up the GIL to wait, which
+        # would cost two thread switches.
+        cdef int spins
+        if self._mutex.try_lock():
+            return
+        for spins in range(LOCK_SPINS):
+            cpu_relax()
+            if self._mutex.try_lock():
+                return
+        with nogil:
+            self._mutex.lock()
 
     cdef inline void _unlock(self) noexcept:
         self._mutex.unlock()
@@ -330,19 +325,20 @@ cdef class Engine:
 
     # -- producers -----------------------------------------------------------------------
 
-    def put(self, index, item, timeout=None):
-        """Accept ``item`` at ``index``; wait while the window is full.
+    def put(self, item, timeout=None):
+        """Accept ``item`` at the next position of a MAP engine; wait while the window is full.
 
-        Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
-        bad index or timeout (checked before any wait), ``PoolClosed`` once closed,
-        ``TimeoutError`` after ``timeout`` seconds of a full window, ``RuntimeError`` when the
-        caller is a thread that the wait would deadlock (the consumer, or one of the engine's
-        workers).
+        Raises, with the engine unchanged: ``TypeError``/``ValueError`` for a bad timeout,
+        ``PoolClosed`` once closed, ``TimeoutError`` after ``timeout`` seconds of a full window,
+        ``RuntimeError`` when the caller is a thread that the wait would deadlock (the
+        consumer, or one of the engine's workers).
         """
-        cdef uint64_t value = _as_index(index)
         cdef double seconds = _seconds(timeout)
-        cdef Py_hash_t keyhash = hash(self._key(item)) if self._keyed else 0
-        self._put(value, item, keyhash, seconds)
+        cdef Py_ssize_t accepted
+        cdef list items = [item]
+        refusal = self._append_run(items, NULL, seconds, &accepted)
+        if refusal != OK:
+            self._raise_refusal(refusal, 0, 0, seconds)
 
     def put_task(self, task, timeout=None):
         """``put(task.index, task, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
@@ -372,7 +368,7 @@ cdef class Engine:
             if refusal == OK:
                 refusal = self._refusal(value)
         if refusal == OK:
-            self._accept(value, item, keyhash)
+            self._accept_task(value, item, keyhash)
             self._wake_workers()
         last = self._last_released
         self._unlock()
@@ -408,70 +404,155 @@ cdef class Engine:
         if self._keyed:
             for position in range(count):
                 hashes.push_back(hash(self._key(<object>PyList_GET_ITEM(items, position))))
+        refusal = self._put_run(values, items, &hashes if self._keyed else NULL, seconds,
+                                &done, &last)
+        if refusal != OK:
+            self._raise_refusal(refusal, values[done], last, seconds)
+        return done
+
+    def feed(self, source, indexed=False, buffered=None):
+        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
+
+        Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
+        are pulled one at a time, or up to ``PULL_BATCH`` at once when no pull can block (a
+        list, tuple, range, str, bytes, dict or set iterator) or ``buffered()`` says how many
+        are ready. Items are indexed by position, or with ``indexed`` the source yields
+        ``(index, item)`` pairs. Whatever ends the feed early (the source raising, a malformed
+        pair, an index the engine refuses) closes the engine with that error, which the
+        consumer raises after every item before it; termination ends the feed quietly.
+        """
+        cdef uint64_t position = 0
+        cdef vector[uint64_t] labels
+        cdef list items
+        cdef Py_ssize_t want, accepted
+        cdef bint never_blocks = type(source) in NEVER_BLOCKING
+        cdef bint ended = False
+        cdef Refusal refusal
+        cdef PyObject* pulled
+        failure = None
+        self._lock()
+        self._feeder = PyThread_get_thread_ident()
+        self._has_feeder = True
+        self._unlock()
+        while not ended and failure is None:
+            want = _PULL_BATCH if never_blocks else 1
+            if buffered is not None and not never_blocks:
+                try:
+                    want = max(1, min(_PULL_BATCH, buffered()))
+                except BaseException as exc:
+                    failure = exc
+                    break
+            items = []
+            labels.clear()
+            while PyList_GET_SIZE(items) < want:
+                pulled = PyIter_Next(source)
+                if pulled == NULL:
+                    if PyErr_Occurred() != NULL:
+                        failure = _taken_exception()
+                    else:
+                        ended = True
+                    break
+                item = <object>pulled
+                Py_DECREF(item)  # ``item`` holds it now
+                if indexed:
+                    try:
+                        labels.push_back(_index_of_pair(item, position + PyList_GET_SIZE(items)))
+                    except BaseException as exc:
+                        failure = exc
+                        break
+                    item = (<tuple>item)[1]
+                items.append(item)
+            if not PyList_GET_SIZE(items):
+                break
+            refusal = self._append_run(items, &labels if indexed else NULL, -1.0, &accepted)
+            position += accepted
+            if refusal == CLOSED and load_int(&self._closed):
+                return  # terminated, or a worker failed to start: nobody wants more
+            if refusal != OK:
+                try:
+                    self._raise_refusal(refusal, 0, 0, -1.0)
+                except BaseException as exc:
+                    failure = exc
+        self.close(failure)
+
+    cdef Refusal _append_run(self, list items, vector[uint64_t]* labels, double timeout,
+                             Py_ssize_t* accepted) noexcept:
+        """MAP engines: accept ``items`` in order, a window's room at a time. Each joins the
+        newest chunk while no worker has taken it and it has room, so a fast source fills
+        chunks and a slow one hands items on one by one."""
+        cdef Py_ssize_t count = PyList_GET_SIZE(items), done = 0, cap
+        cdef Refusal refusal = OK
+        cdef Slot* slot
+        cdef PyObject* item
+        self._lock()
+        while done < count:
+            if self._closed:
+                refusal = CLOSED
+                break
+            if self._outstanding >= self._window:
+                refusal = self._wait_for_room(timeout)
+                if refusal != OK:
+                    break
+                continue
+            # A chunk never outgrows a batch, nor a share of the window per worker.
+            cap = min(self._max_batch, max(1, self._window // (2 * max(1, self._live))))
+            while done < count and self._outstanding < self._window:
+                slot = NULL
+                if not self._pending.empty():
+                    slot = self._pending.back()
+                    if slot.state != QUEUED or slot.weight >= cap:
+                        slot = NULL
+                if slot == NULL:
+                    slot = self._new_slot()
+                    slot.index = self._next_position
+                    slot.weight = 0
+                    self._pending.push_back(slot)
+                    self._queue.push_back(slot)
+                item = PyList_GET_ITEM(items, done)
+                Py_INCREF(<object>item)
+                slot.items.push_back(item)
+                if labels != NULL:
+                    slot.labels.push_back(deref(labels)[done])
+                slot.weight += 1
+                self._next_position += 1
+                self._queued += 1
+                if not self._outstanding:
+                    self._progress_time = monotonic()
+                self._outstanding += 1
+                self._accepted += 1
+                done += 1
+            self._wake_workers()
+        self._unlock()
+        accepted[0] = done
+        return refusal
+
+    cdef Refusal _put_run(self, vector[uint64_t]& values, list items,
+                          vector[Py_hash_t]* hashes, double timeout, Py_ssize_t* accepted,
+                          uint64_t* last) noexcept:
+        """Accept ``items`` in order, a window's room at a time, under as few lock rounds as
+        that allows; ``accepted`` says how many, the refusal why it stopped early."""
+        cdef Py_ssize_t count = values.size(), done = 0
+        cdef Refusal refusal = OK
         self._lock()
         while done < count:
             refusal = self._refusal(values[done])
             if refusal != OK:
                 break
             if self._outstanding >= self._window:
-                refusal = self._wait_for_room(seconds)
+                refusal = self._wait_for_room(timeout)
                 if refusal != OK:
                     break
                 continue
             while (done < count and self._outstanding < self._window
                    and self._refusal(values[done]) == OK):
-                self._accept(values[done], <object>PyList_GET_ITEM(items, done),
-                             hashes[done] if hashes.size() else 0)
+                self._accept_task(values[done], <object>PyList_GET_ITEM(items, done),
+                                  deref(hashes)[done] if hashes != NULL else 0)
                 done += 1
             self._wake_workers()
-        last = self._last_released
+        last[0] = self._last_released
         self._unlock()
-        if refusal != OK:
-            self._raise_refusal(refusal, values[done], last, seconds)
-        return done
-
-    def feed(self, source, indexed=False):
-        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
-
-        Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
-        are indexed by position, or with ``indexed`` the source yields ``(index, item)``
-        pairs. Whatever ends the feed early (the source raising, a malformed pair, an index
-        the engine refuses) closes the engine with that error, which the consumer raises
-        after every item before it; termination ends the feed quietly.
-        """
-        cdef uint64_t position = 0, value
-        self._lock()
-        self._feeder = PyThread_get_thread_ident()
-        self._has_feeder = True
-        self._unlock()
-        while True:
-            try:
-                item = next(source)
-            except StopIteration:
-                break
-            except BaseException as exc:
-                self.close(exc)
-                return
-            try:
-                if indexed:
-                    if type(item) is not tuple or len(item) != 2:
-                        raise TypeError(
-                            f"indexed=True: the iterable must yield (index, input) pairs, "
-                            f"got {type(item).__name__} at position {position}")
-                    index, item = item
-                    value = _as_index(index)
-                else:
-                    value = position
-                self._put(value, item, 0, -1.0)
-            except PoolClosed:
-                if load_int(&self._closed):
-                    return  # terminated, or a worker failed to start: nobody wants more
-                raise
-            except BaseException as exc:
-                self.close(exc)
-                return
-            position += 1
-        self.close()
+        accepted[0] = done
+        return refusal
 
     cdef Refusal _refusal(self, uint64_t value) noexcept:
         if self._closed:
@@ -507,22 +588,28 @@ cdef class Engine:
             f"this thread is {who}; enqueue from another thread, use orderedtask.map, or "
             "use a larger window")
 
-    cdef void _accept(self, uint64_t value, object item, Py_hash_t keyhash) noexcept:
+    cdef Slot* _new_slot(self) noexcept:
         cdef Slot* slot
         if self._free.empty():
-            slot = <Slot*>PyMem_RawMalloc(sizeof(Slot))
+            slot = new_slot()
         else:
             slot = self._free.back()
             self._free.pop_back()
+        slot.item = NULL
+        slot.weight = 1
+        slot.keyhash = 0
+        slot.state = QUEUED
+        return slot
+
+    cdef void _accept_task(self, uint64_t value, object item, Py_hash_t keyhash) noexcept:
+        cdef Slot* slot = self._new_slot()
         slot.index = value
         Py_INCREF(item)
         slot.item = <PyObject*>item
-        slot.output = NULL
-        slot.error = NULL
         slot.keyhash = keyhash
-        slot.state = QUEUED
         pending_insert(self._pending, slot)
         self._queue.push_back(slot)
+        self._queued += 1
         if not self._outstanding:
             self._progress_time = monotonic()
         self._outstanding += 1
@@ -554,8 +641,7 @@ cdef class Engine:
         # One idle worker per batch's worth of queued work not already promised to a woken
         # one: a lone item wakes a worker even while others run slow items, and a fast
         # producer does not turn into a notify per item.
-        if (self._idle > self._wakeups
-                and <Py_ssize_t>self._queue.size() > self._wakeups * self._max_batch):
+        if self._idle > self._wakeups and self._queued > self._wakeups * self._max_batch:
             self._wakeups += 1
             self._work_cv.notify_one()
 
@@ -580,7 +666,7 @@ cdef class Engine:
                 self._owned.erase(self._owned.begin() + i)
                 break
         self._live -= 1
-        if self._live or self._stopping or not (self._queue.size() or self._parked_count):
+        if self._live or self._stopping or not (self._queued or self._parked_count):
             self._notify_all()
             self._unlock()
             return
@@ -614,15 +700,17 @@ cdef class Engine:
             slot = self._queue[i]
             slot.state = RUNNING
             batch._slots.push_back(slot)
+            self._running += slot.weight
         self._queue.clear()
+        self._queued = 0
         for parked in self._parked:
             for i in range(parked.second.size()):
                 slot = parked.second[i]
                 slot.state = RUNNING
                 batch._slots.push_back(slot)
+                self._running += slot.weight
         self._parked.clear()
         self._parked_count = 0
-        self._running += batch._slots.size()
         batch._open = True
 
     def take(self):
@@ -636,20 +724,19 @@ cdef class Engine:
 
     cdef bint _take(self, vector[Slot*]& slots, vector[Py_hash_t]& keys) noexcept:
         """Wait (GIL released) for work; True with a batch in ``slots``, False to exit."""
-        cdef Py_ssize_t available, limit
+        cdef Py_ssize_t limit
         self._lock()
         while True:
             if self._stopping:
                 self._unlock()
                 return False
-            available = self._queue.size()
-            if available:
+            if self._queued:
                 limit = self._max_batch
                 if self._idle:  # leave a fair share for the idle workers
-                    limit = min(limit, (available + self._idle) // (self._idle + 1))
+                    limit = min(limit, (self._queued + self._idle) // (self._idle + 1))
                 self._take_slots(limit, slots, keys)
                 if not slots.empty():
-                    if not self._queue.empty():
+                    if self._queued:
                         self._wake_workers()
                     self._unlock()
                     return True
@@ -665,22 +752,27 @@ cdef class Engine:
 
     cdef void _take_slots(self, Py_ssize_t limit, vector[Slot*]& slots,
                           vector[Py_hash_t]& keys) noexcept:
+        # Whole slots, up to ``limit`` items (at least one slot: a chunk is never split).
         cdef Slot* slot
+        cdef Py_ssize_t taken = 0
         cdef uint64_t batch_id
         cdef unordered_map[Py_hash_t, uint64_t].iterator holder
         if not self._keyed:
-            while not self._queue.empty() and <Py_ssize_t>slots.size() < limit:
+            while not self._queue.empty() and (taken == 0 or taken + self._queue.front().weight <= limit):
                 slot = self._queue.front()
                 self._queue.pop_front()
                 slot.state = RUNNING
                 slots.push_back(slot)
-            self._running += slots.size()
+                taken += slot.weight
+            self._queued -= taken
+            self._running += taken
             return
         batch_id = self._next_batch
         self._next_batch += 1
-        while not self._queue.empty() and <Py_ssize_t>slots.size() < limit:
+        while not self._queue.empty() and taken < limit:
             slot = self._queue.front()
             self._queue.pop_front()
+            self._queued -= 1
             holder = self._key_owner.find(slot.keyhash)
             if holder == self._key_owner.end():
                 self._key_owner[slot.keyhash] = batch_id
@@ -691,28 +783,34 @@ cdef class Engine:
                 continue
             slot.state = RUNNING
             slots.push_back(slot)
-        self._running += slots.size()
+            taken += 1
+        self._running += taken
 
     def finish(self, batch, outcomes, elapsed=0.0):
         """Store one ``(output, error)`` per item of ``batch`` (in its order) and finish it."""
         cdef Batch held = <Batch?>batch
         cdef Slot* slot
-        cdef size_t i
+        cdef Py_ssize_t at = 0, i, count
         held._check_open()
-        if len(outcomes) != held._slots.size():
+        count = held._count()
+        if len(outcomes) != count:
             self.fail(batch, RuntimeError(
-                f"the backend returned {len(outcomes)} outcomes for a batch of "
-                f"{held._slots.size()}"), elapsed)
+                f"the backend returned {len(outcomes)} outcomes for a batch of {count}"),
+                elapsed)
             return
         held._open = False
         try:
-            for i in range(held._slots.size()):
-                slot = held._slots[i]
-                output, error = outcomes[i]
+            for slot in held._slots:
                 if self._kind == _POOL:
+                    output, error = outcomes[at]
                     _set_task(<object>slot.item, output, error)
-                else:
-                    _set_outcome(slot, output, error)
+                    at += 1
+                    continue
+                _size_outcomes(slot)
+                for i in range(slot.weight):
+                    output, error = outcomes[at]
+                    _set_outcome(slot, i, output, error)
+                    at += 1
         except BaseException as exc:
             held._open = True
             self.fail(batch, exc)
@@ -722,17 +820,9 @@ cdef class Engine:
     def fail(self, batch, error, elapsed=0.0):
         """Finish every item of ``batch`` with ``error``: the batch failed as a whole."""
         cdef Batch held = <Batch?>batch
-        cdef Slot* slot
         held._check_open()
         held._open = False
-        for slot in held._slots:
-            if self._kind == _POOL:
-                try:
-                    _set_task(<object>slot.item, None, error)
-                except BaseException:
-                    pass  # a task type that refuses attributes: the cursor still yields it
-            else:
-                _set_outcome(slot, None, error)
+        _fail_slots(held._slots, self._kind, error)
         self._complete(held._slots, held._keys, 0.0)
 
     cdef void _complete(self, vector[Slot*]& slots, vector[Py_hash_t]& keys,
@@ -740,7 +830,9 @@ cdef class Engine:
         """The one way a taken batch comes back (GIL held, mutex not held)."""
         cdef Slot* slot
         cdef vector[Slot*] dead
-        cdef Py_ssize_t count = slots.size(), released
+        cdef Py_ssize_t count = 0, released
+        for slot in slots:
+            count += slot.weight
         waker = None
         self._lock()
         self._running -= count
@@ -757,7 +849,7 @@ cdef class Engine:
             released = self._release_run()
             if elapsed > 0 and count:
                 self._learn(count, elapsed)
-            if not self._queue.empty():
+            if self._queued:
                 self._wake_workers()
             if released:
                 waker = self._take_waker()
@@ -782,19 +874,20 @@ cdef class Engine:
                 for i in range(n):
                     self._queue.push_front(deref(waiting).second[n - 1 - i])
                 self._parked_count -= n
+                self._queued += n
                 self._parked.erase(waiting)
 
     cdef Py_ssize_t _release_run(self) noexcept:
         cdef Py_ssize_t count = 0
-        cdef Slot* slot
+        cdef Slot* slot = NULL
         while not self._pending.empty() and self._pending.front().state == DONE:
             slot = self._pending.front()
             self._pending.pop_front()
             self._released.push_back(slot)
-            count += 1
+            count += slot.weight
         if count:
             self._held -= count
-            self._last_released = self._released.back().index
+            self._last_released = slot.index + slot.weight - 1
             self._has_released = True
             self._progress_time = monotonic()
             if self._consumer_waiting:
@@ -822,8 +915,10 @@ cdef class Engine:
         cdef Runner runner
         cdef Slot* slot
         cdef PyObject* error
+        cdef Py_ssize_t i
         cdef double started
         cdef Batch batch
+        cdef bint labelled
         while self._take(slots, keys):
             try:
                 context = context_ref()
@@ -840,12 +935,17 @@ cdef class Engine:
                         runner._run_task(workerlocal, <object>slot.item)
                 else:
                     for slot in slots:
-                        error = NULL
-                        output = runner._run_value(slot.index, <object>slot.item, &error)
-                        Py_INCREF(output)
-                        slot.output = <PyObject*>output
-                        slot.error = error
-                        output = None
+                        _size_outcomes(slot)
+                        labelled = not slot.labels.empty()
+                        for i in range(slot.weight):
+                            error = NULL
+                            slot.outputs[i] = runner._run_value(
+                                slot.labels[i] if labelled else slot.index + i,
+                                <object>slot.items[i], &error)
+                            if error != NULL:
+                                if slot.errors.empty():
+                                    slot.errors.assign(slot.weight, NULL)
+                                slot.errors[i] = error
                 runner = None
                 workerlocal = None
             except BaseException as exc:  # whatever broke, the batch fails
@@ -913,7 +1013,7 @@ cdef class Engine:
             if self._free.size() < FREE_SLOTS:
                 self._free.push_back(slot)
             else:
-                PyMem_RawFree(slot)
+                delete_slot(slot)
         cursor._spent.clear()
         while self._released.empty():
             if self._stopping:
@@ -1000,16 +1100,18 @@ cdef class Engine:
         store_int(&self._stopping, 1)
         self._has_terminated_head = not self._pending.empty()
         if self._has_terminated_head:
-            self._terminated_head = self._pending.front().index
+            slot = self._pending.front()
+            self._terminated_head = slot.labels[0] if not slot.labels.empty() else slot.index
         for i in range(self._pending.size()):
             slot = self._pending[i]
             if slot.state != RUNNING:  # a running slot is its worker's until it comes back
                 dead.push_back(slot)
-            self._dropped += 1
+            self._dropped += slot.weight
         for i in range(self._released.size()):
             dead.push_back(self._released[i])
-            self._dropped += 1
+            self._dropped += self._released[i].weight
         self._queue.clear()
+        self._queued = 0
         self._parked.clear()
         self._parked_count = 0
         self._key_owner.clear()
@@ -1025,17 +1127,23 @@ cdef class Engine:
         cdef Py_ssize_t outstanding, dropped, live, batch
         cdef uint64_t head = 0
         cdef int closed
+        cdef size_t i
+        cdef Slot* slot
         self._lock()  # C values only under the mutex: the dict is built after it
         now = monotonic()
         accepted, finished = self._accepted, self._finished
-        queued = self._queue.size() + self._parked_count
+        queued = self._queued + self._parked_count
         running, held = self._running, self._held
-        pending, released = self._pending.size(), self._released.size()
+        pending = self._queued + self._parked_count + self._running + self._held
+        released = 0
+        for i in range(self._released.size()):
+            released += self._released[i].weight
         outstanding, dropped, live = self._outstanding, self._dropped, self._live
         batch, cost, closed = self._max_batch, self._cost, self._closed
-        if pending:
-            head = self._pending.front().index
-            if not released:
+        if not self._pending.empty():
+            slot = self._pending.front()
+            head = slot.labels[0] if not slot.labels.empty() else slot.index
+            if self._released.empty():
                 wait = now - self._progress_time
         elapsed = now - self._started
         self._unlock()
@@ -1120,18 +1228,44 @@ cdef inline int _set_task(object task, object output, object error) except -1:
     return 0
 
 
-cdef inline void _set_outcome(Slot* slot, object output, object error) noexcept:
+cdef inline void _size_outcomes(Slot* slot) noexcept:
     # A running slot belongs to its batch: no lock needed (GIL held, mutex not).
-    cdef PyObject* old_output = slot.output
-    cdef PyObject* old_error = slot.error
+    if <Py_ssize_t>slot.outputs.size() != slot.weight:
+        slot.outputs.assign(slot.weight, NULL)
+
+
+cdef inline void _set_outcome(Slot* slot, Py_ssize_t i, object output, object error) noexcept:
+    # The slot's outputs are sized (_size_outcomes); old values are dropped.
+    cdef PyObject* old = slot.outputs[i]
     Py_INCREF(output)
-    slot.output = <PyObject*>output
-    slot.error = NULL
+    slot.outputs[i] = <PyObject*>output
+    Py_XDECREF(old)
+    if error is None and slot.errors.empty():
+        return
+    if slot.errors.empty():
+        slot.errors.assign(slot.weight, NULL)
+    old = slot.errors[i]
+    slot.errors[i] = NULL
     if error is not None:
         Py_INCREF(error)
-        slot.error = <PyObject*>error
-    Py_XDECREF(old_output)
-    Py_XDECREF(old_error)
+        slot.errors[i] = <PyObject*>error
+    Py_XDECREF(old)
+
+
+cdef void _fail_slots(vector[Slot*]& slots, int kind, object error) noexcept:
+    """Every item of ``slots`` gets ``error``: the accounting rule's batch failure."""
+    cdef Slot* slot
+    cdef Py_ssize_t i
+    for slot in slots:
+        if kind == _POOL:
+            try:
+                _set_task(<object>slot.item, None, error)
+            except BaseException:
+                pass  # a task type that refuses attributes: the cursor still yields it
+            continue
+        _size_outcomes(slot)
+        for i in range(slot.weight):
+            _set_outcome(slot, i, None, error)
 
 
 @cython.final
@@ -1147,16 +1281,8 @@ cdef class Batch:
         # A batch must never vanish unfinished: its items would never come out.
         if self._open and self._engine is not None:
             self._open = False
-            try:
-                failure = RuntimeError("a worker dropped its batch before finishing it")
-                for slot in self._slots:
-                    if self._engine._kind == _POOL:
-                        task = <object>slot.item
-                        task.error = failure
-                    else:
-                        _set_outcome(slot, None, failure)
-            except BaseException:
-                pass
+            _fail_slots(self._slots, self._engine._kind,
+                        RuntimeError("a worker dropped its batch before finishing it"))
             self._engine._complete(self._slots, self._keys, 0.0)
 
     cdef int _check_open(self) except -1:
@@ -1164,26 +1290,57 @@ cdef class Batch:
             raise RuntimeError("this batch was already finished")
         return 0
 
+    cdef Py_ssize_t _count(self) noexcept:
+        cdef Slot* slot
+        cdef Py_ssize_t count = 0
+        for slot in self._slots:
+            count += slot.weight
+        return count
+
     @property
     def indices(self):
-        """The items' indices, in the order the worker took them."""
-        return [slot.index for slot in self._slots]
+        """The items' indices, in the order the worker took them.
+
+        A task's index; an item's position, or the index its source gave (``indexed``).
+        """
+        cdef Slot* slot
+        cdef Py_ssize_t i
+        cdef list indices = []
+        for slot in self._slots:
+            if self._engine._kind == _POOL:
+                indices.append(slot.index)
+            elif not slot.labels.empty():
+                for i in range(slot.weight):
+                    indices.append(slot.labels[i])
+            else:
+                for i in range(slot.weight):
+                    indices.append(slot.index + i)
+        return indices
 
     @property
     def items(self):
         """The items: the tasks of a POOL engine, the inputs of a MAP engine."""
-        return [<object>slot.item for slot in self._slots]
+        cdef Slot* slot
+        cdef PyObject* item
+        cdef list items = []
+        for slot in self._slots:
+            if self._engine._kind == _POOL:
+                items.append(<object>slot.item)
+            else:
+                for item in slot.items:
+                    items.append(<object>item)
+        return items
 
     @property
     def inputs(self):
         """What crosses to a worker process: ``task.input`` (POOL) or the item itself (MAP)."""
         if self._engine._kind == _POOL:
             return [(<object>slot.item).input for slot in self._slots]
-        return [<object>slot.item for slot in self._slots]
+        return self.items
 
     def __len__(self):
         """How many items the batch holds."""
-        return self._slots.size()
+        return self._count()
 
 
 @cython.final
@@ -1206,9 +1363,10 @@ cdef class Cursor:
 
     cdef Engine _engine
     cdef int _mode
-    cdef SlotDeque _buffer
-    cdef vector[Slot*] _spent
-    cdef Py_ssize_t _credit
+    cdef SlotDeque _buffer          # released slots taken from the engine; front is current
+    cdef Py_ssize_t _pos            # the front slot's next item
+    cdef vector[Slot*] _spent       # emptied slots, given back to the engine on the next refill
+    cdef Py_ssize_t _credit         # items yielded since the last refill
     cdef int _state
     cdef object _on_start
     cdef object _keepalive
@@ -1224,7 +1382,6 @@ cdef class Cursor:
         self._keepalive = keepalive  # what the workers reach by weak reference
 
     def __dealloc__(self):
-        cdef vector[Slot*] slots
         if self._engine is not None and self._state == ACTIVE:
             self._state = FINISHED
             self._engine._unclaim()
@@ -1232,11 +1389,16 @@ cdef class Cursor:
                 self._engine.terminate()
             except BaseException:
                 pass
+        self._drop_buffer()
+        _drop_slots(self._spent)
+
+    cdef void _drop_buffer(self) noexcept:
+        cdef vector[Slot*] slots
         while not self._buffer.empty():
             slots.push_back(self._buffer.front())
             self._buffer.pop_front()
+        self._pos = 0
         _drop_slots(slots)
-        _drop_slots(self._spent)
 
     @property
     def engine(self):
@@ -1261,28 +1423,38 @@ cdef class Cursor:
         cdef Engine engine = self._engine
         cdef Found found
         cdef Slot* slot
+        cdef Py_ssize_t position
         if self._state != ACTIVE:
             self._begin()
         if load_int(&engine._stopping):
             self._report_termination()
-        if self._buffer.empty():
+        while True:
+            if not self._buffer.empty():
+                slot = self._buffer.front()
+                if self._pos < slot.weight:
+                    break
+                self._buffer.pop_front()
+                self._pos = 0
+                self._spend(slot)
+                continue
             found = engine._next_released(self, waker)
-            if found != GOT:
-                if found == FAILED:
-                    self._leave(True)
-                    _raise_signal_error()
-                if found == END:
-                    self._leave(False)
-                    if engine._end_error is not None:
-                        raise engine._end_error
-                    raise StopIteration
-                if found == STOPPED:
-                    self._report_termination()
-                return NOT_READY
-        slot = self._buffer.front()
-        self._buffer.pop_front()
+            if found == GOT:
+                continue
+            if found == FAILED:
+                self._leave(True)
+                _raise_signal_error()
+            if found == END:
+                self._leave(False)
+                if engine._end_error is not None:
+                    raise engine._end_error
+                raise StopIteration
+            if found == STOPPED:
+                self._report_termination()
+            return NOT_READY
+        position = self._pos
+        self._pos += 1
         self._credit += 1
-        return self._expand(slot)
+        return self._expand(slot, position)
 
     cdef int _begin(self) except -1:
         if self._state == FINISHED:
@@ -1306,46 +1478,49 @@ cdef class Cursor:
         return 0
 
     cdef inline void _spend(self, Slot* slot) noexcept:
-        # Drop what the slot still holds (outside the mutex); the engine reuses it later.
-        Py_XDECREF(slot.item)
-        Py_XDECREF(slot.output)
-        Py_XDECREF(slot.error)
-        slot.item = slot.output = slot.error = NULL
+        # Outside the mutex: drop what the slot still holds; the engine reuses it later.
+        _clear_slot(slot)
         self._spent.push_back(slot)
 
-    cdef object _expand(self, Slot* slot):
+    cdef object _expand(self, Slot* slot, Py_ssize_t position):
+        # What the consumer sees of one item, and the watermark moving past it.
         cdef int mode = self._mode
-        cdef uint64_t index = slot.index
+        cdef uint64_t index
+        cdef PyObject* output
         if mode == 0:  # POOL
             task = <object>slot.item
-            self._spend(slot)
+            Py_DECREF(task)  # ``task`` holds it now
+            slot.item = NULL
             error = (<Task>task).error if type(task) is Task else task.error
             if error is not None and not isinstance(error, Exception):
                 self._leave(True)
                 raise error
-            self._mark(index)
+            self._mark(slot.index)
             return task
-        if slot.error != NULL:
-            error = <object>slot.error
+        index = slot.labels[position] if not slot.labels.empty() else slot.index + position
+        if not slot.errors.empty() and slot.errors[position] != NULL:
+            error = <object>slot.errors[position]
             if mode == 1 or not isinstance(error, Exception):
-                self._spend(slot)
                 self._leave(True)
                 if mode == 1 and isinstance(error, StopIteration):
                     # It would end the caller's loop silently.
                     raise RuntimeError("fn raised StopIteration") from error
                 raise error
-        if mode == 1:  # MAP
-            output = <object>slot.output
-            self._spend(slot)
-            self._mark(index)
-            return output
-        task = Task(index, <object>slot.item)  # MAP_TASKS
-        if slot.output != NULL:
-            task.output = <object>slot.output
-        if slot.error != NULL:
-            task.error = <object>slot.error
-        self._spend(slot)
+        else:
+            error = None
+        output = slot.outputs[position]
+        slot.outputs[position] = NULL
+        if output == NULL:  # only with an error: a run sets every output
+            output_object = None
+        else:
+            output_object = <object>output
+            Py_DECREF(output_object)  # ``output_object`` holds it now
         self._mark(index)
+        if mode == 1:  # MAP
+            return output_object
+        task = Task(index, <object>slot.items[position])  # MAP_TASKS
+        (<Task>task).output = output_object
+        (<Task>task).error = error
         return task
 
     cdef inline void _mark(self, uint64_t index) noexcept:
@@ -1357,29 +1532,32 @@ cdef class Cursor:
     cdef int _report_termination(self) except -1:
         cdef Engine engine = self._engine
         cdef Py_ssize_t dropped
+        cdef Slot* slot
         cdef object first = None
         engine._lock()
         dropped = engine._accepted - <Py_ssize_t>load_u64(&engine._yielded)
-        if not self._buffer.empty():
-            first = self._buffer.front().index
+        engine._unlock()
+        if not self._buffer.empty() and self._pos < self._buffer.front().weight:
+            slot = self._buffer.front()
+            if engine._kind == _POOL:
+                first = slot.index
+            elif not slot.labels.empty():
+                first = slot.labels[self._pos]
+            else:
+                first = slot.index + self._pos
         elif engine._has_terminated_head:
             first = engine._terminated_head
-        engine._unlock()
         self._leave(False)
         if dropped:
             raise PoolTerminated(dropped, first)
         raise StopIteration
 
     cdef void _leave(self, bint terminate) noexcept:
-        cdef vector[Slot*] slots
         if self._state != ACTIVE:
             self._state = FINISHED
             return
         self._state = FINISHED
-        while not self._buffer.empty():
-            slots.push_back(self._buffer.front())
-            self._buffer.pop_front()
-        _drop_slots(slots)
+        self._drop_buffer()
         self._engine._unclaim()
         if terminate:
             try:

@@ -4,7 +4,7 @@ One ``Engine`` per ``Pool`` or ``map`` call. Data flow::
 
       producers                        workers                          consumer
       ---------                        -------                          --------
-   put / put_task(s) / feed
+   put_task(s) (Pool) / put, feed (map)
         | (wait while the window is full)
         v
      accept --> queue (FIFO, or one-at-a-time per key) --take--> run --finish/fail--+
@@ -14,6 +14,11 @@ One ``Engine`` per ``Pool`` or ``map`` call. Data flow::
                     v
                  released --> Cursor (expands items, owns watermark and yielded count)
                                   | credits the window when it takes the next batch
+
+A slot holds one task (Pool engines) or, in map engines, a chunk: consecutive items that
+joined the newest slot while no worker had taken it. A fast source thus fills chunks (one
+lock round, one release, one hand-off per chunk) and a slow one hands items on one by one.
+Map engines order by position; ``indexed`` sources give each item a label (its ``index``).
 
 *Accounting rule*: every accepted item leaves through the cursor exactly once, with the output
 ``fn`` gave it or an error saying what happened to it: ``fn``'s own error (kept by the
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +49,14 @@ if TYPE_CHECKING:
 from ._reorder_py import as_index
 from ._runner_py import MAP, POOL, Runner
 
-__all__ = ["Batch", "Cursor", "Engine", "MAX_BATCH", "NOT_READY", "as_timeout"]
+__all__ = ["Batch", "Cursor", "Engine", "MAX_BATCH", "NOT_READY", "PULL_BATCH", "as_timeout"]
+
+
+def _index_of_pair(pair: object, position: int) -> int:
+    if type(pair) is not tuple or len(pair) != 2:
+        raise TypeError(f"indexed=True: the iterable must yield (index, input) pairs, got "
+                        f"{type(pair).__name__} at position {position}")
+    return as_index(pair[0])
 
 
 def as_timeout(timeout: object) -> float | None:
@@ -57,8 +69,15 @@ def as_timeout(timeout: object) -> float | None:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
     return float(timeout)
 
+
 #: The most items a worker takes at once, whatever the measured cost.
 MAX_BATCH = 4096
+#: How many items the feeder pulls at once from a source whose pulls never block.
+PULL_BATCH = 256
+# Iterators whose next() never waits for anything: the feeder may pull many in a row.
+NEVER_BLOCKING = frozenset(type(iter(items)) for items in (
+    [], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(), {}.items(), set(),
+    frozenset())) | {type(reversed([])), type(reversed(range(0)))}
 #: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
 NOT_READY: Any = type("NotReady", (), {"__repr__": lambda self: "NOT_READY"})()
 _STOPPED = object()  # _next_released: the engine was terminated
@@ -68,49 +87,103 @@ _NEW, _ACTIVE, _DONE, _REFUSED = range(4)
 
 
 class _Slot:
-    """One accepted item: its index, the item (a Task for POOL engines) and its outcome."""
+    """One task (Pool engines), or a chunk of consecutive items (map engines)."""
 
-    __slots__ = ("index", "item", "keyhash", "output", "error", "done")
+    __slots__ = ("index", "weight", "item", "items", "outputs", "errors", "labels", "keyhash",
+                 "done")
 
-    def __init__(self, index: int, item: Any, keyhash: int) -> None:
-        self.index = index
-        self.item = item
+    def __init__(self, index: int, item: Any = None, keyhash: int = 0) -> None:
+        self.index = index  # the task's index; a chunk's first position
+        self.weight = 1  # items in it
+        self.item = item  # the task (Pool engines)
+        self.items: list[Any] = []  # map engines: the inputs
+        self.outputs: list[Any] = []  # map engines: one per item once run
+        self.errors: list[BaseException | None] = []  # map engines: empty, or one per item
+        self.labels: list[int] = []  # map engines with indexed=True: the source's index
         self.keyhash = keyhash
-        self.output: Any = None
-        self.error: BaseException | None = None
         self.done = False
+
+    def size_outcomes(self) -> None:
+        if len(self.outputs) != self.weight:
+            self.outputs = [None] * self.weight
+
+    def set_outcome(self, position: int, output: Any, error: BaseException | None) -> None:
+        self.outputs[position] = output
+        if error is None and not self.errors:
+            return
+        if not self.errors:
+            self.errors = [None] * self.weight
+        self.errors[position] = error
+
+
+def _fail_slots(slots: list[_Slot], kind: int, error: BaseException) -> None:
+    """Every item of ``slots`` gets ``error``: the accounting rule's batch failure."""
+    for slot in slots:
+        if kind == POOL:
+            try:
+                slot.item.output = None
+                slot.item.error = error
+            except BaseException:  # noqa: BLE001 - a task that refuses: the cursor still yields it
+                pass
+            continue
+        slot.size_outcomes()
+        for position in range(slot.weight):
+            slot.set_outcome(position, None, error)
 
 
 class Batch:
     """Items a worker took at once; the worker hands it back to ``finish`` or ``fail``."""
 
-    __slots__ = ("_slots", "_keys", "_kind")
+    __slots__ = ("_engine", "_slots", "_keys", "_open")
 
-    def __init__(self, slots: list[_Slot], keys: list[int], kind: int) -> None:
+    def __init__(self, engine: Engine, slots: list[_Slot], keys: list[int]) -> None:
+        self._engine = engine
         self._slots = slots
         self._keys = keys
-        self._kind = kind
+        self._open = True
+
+    def __del__(self) -> None:
+        # A batch must never vanish unfinished: its items would never come out.
+        if getattr(self, "_open", False):
+            self._open = False
+            _fail_slots(self._slots, self._engine._kind,
+                        RuntimeError("a worker dropped its batch before finishing it"))
+            self._engine._complete(self._slots, self._keys, 0.0)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("this batch was already finished")
 
     @property
     def indices(self) -> list[int]:
-        """The items' indices, in the order the worker took them."""
-        return [slot.index for slot in self._slots]
+        """The items' indices, in the order the worker took them.
+
+        A task's index; an item's position, or the index its source gave (``indexed``).
+        """
+        if self._engine._kind == POOL:
+            return [slot.index for slot in self._slots]
+        indices: list[int] = []
+        for slot in self._slots:
+            indices.extend(slot.labels or range(slot.index, slot.index + slot.weight))
+        return indices
 
     @property
     def items(self) -> list[Any]:
         """The items: the tasks of a POOL engine, the inputs of a MAP engine."""
-        return [slot.item for slot in self._slots]
+        if self._engine._kind == POOL:
+            return [slot.item for slot in self._slots]
+        return [item for slot in self._slots for item in slot.items]
 
     @property
     def inputs(self) -> list[Any]:
         """What crosses to a worker process: ``task.input`` (POOL) or the item itself (MAP)."""
-        if self._kind == POOL:
+        if self._engine._kind == POOL:
             return [slot.item.input for slot in self._slots]
-        return [slot.item for slot in self._slots]
+        return self.items
 
     def __len__(self) -> int:
         """How many items the batch holds."""
-        return len(self._slots)
+        return sum(slot.weight for slot in self._slots)
 
 
 class Engine:
@@ -129,27 +202,29 @@ class Engine:
                  key: Callable[[Any], Any] | None = None, batch_seconds: float = 0.002,
                  on_terminate: Callable[[], Any] | None = None) -> None:
         self._window = window
-        self._on_terminate = on_terminate
         self._kind = kind
         self._key = key
         self._keyed = key is not None
         self._batch_seconds = batch_seconds
+        self._on_terminate = on_terminate
         self._lock = threading.RLock()  # an RLock knows its owner: see _wait and terminate_soon
         self._work = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
         self._results = threading.Condition(self._lock)
         self._queue: deque[_Slot] = deque()
+        self._queued = 0  # items in _queue (not parked)
         self._parked: dict[int, deque[_Slot]] = {}  # keyed: key -> slots behind a running one
         self._parked_count = 0
         self._key_owner: dict[int, int] = {}  # keyed: key -> id of the batch that holds it
         self._next_batch = 1
+        self._next_position = 0  # map engines: the next item's position
         self._pending: deque[_Slot] = deque()  # accepted, unreleased, ascending index
-        self._pending_index: dict[int, _Slot] = {}
+        self._pending_index: dict[int, _Slot] = {}  # Pool engines: duplicates are refused
         self._released: deque[_Slot] = deque()
         self._last_released: int | None = None
         self._accepted = 0
         self._finished = 0
-        self._held = 0  # finished slots waiting behind an unfinished head
+        self._held = 0  # finished items waiting behind an unfinished head
         self._outstanding = 0  # accepted and not yet credited back by the cursor
         self._running = 0
         self._dropped = 0
@@ -219,39 +294,24 @@ class Engine:
 
     # -- producers -----------------------------------------------------------------------
 
-    def put(self, index: int, item: Any, timeout: float | None = None) -> None:
-        """Accept ``item`` at ``index``; wait while the window is full.
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        """Accept ``item`` at the next position of a MAP engine; wait while the window is full.
 
-        Raises, with the engine unchanged: ``TypeError``/``ValueError``/``OverflowError`` for a
-        bad index or timeout (checked before any wait), ``PoolClosed`` once closed,
-        ``TimeoutError`` after ``timeout`` seconds of a full window, ``RuntimeError`` when the
-        caller is a thread that the wait would deadlock (the consumer, or one of the engine's
-        workers).
+        Raises, with the engine unchanged: ``TypeError``/``ValueError`` for a bad timeout,
+        ``PoolClosed`` once closed, ``TimeoutError`` after ``timeout`` seconds of a full window,
+        ``RuntimeError`` when the caller is a thread that the wait would deadlock (the
+        consumer, or one of the engine's workers).
         """
-        value = as_index(index)
-        seconds = as_timeout(timeout)
-        keyhash = hash(self._key(item)) if self._key is not None else 0
-        self._put(value, index, item, keyhash, seconds)
+        self._append_run([item], None, as_timeout(timeout))
 
     def put_task(self, task: Task, timeout: float | None = None) -> None:
         """``put(task.index, task, timeout)`` for a POOL engine; ``TypeError`` for a non-Task."""
         if not isinstance(task, _selected.Task):
             raise TypeError(f"enqueue() takes an orderedtask.Task, not {type(task).__name__}")
-        self.put(task.index, task, timeout)
-
-    def _put(self, value: int, index: object, item: Any, keyhash: int,
-             timeout: float | None) -> None:
-        with self._lock:
-            self._check_accepts(value, index)
-            if self._outstanding >= self._window:
-                self._wait_for_room(timeout)
-                self._check_accepts(value, index)
-            try:
-                self._accept(value, item, keyhash)
-                self._wake_workers()
-            except BaseException:
-                self._break()
-                raise
+        value = as_index(task.index)
+        seconds = as_timeout(timeout)
+        keyhash = hash(self._key(task)) if self._key is not None else 0
+        self._put_run([value], [task], [keyhash], seconds)
 
     def put_tasks(self, tasks: Sequence[Task], timeout: float | None = None) -> int:
         """Accept ``tasks`` in order, a window's room at a time; return how many were accepted.
@@ -262,6 +322,7 @@ class Engine:
         tasks before it were accepted.
         """
         seconds = as_timeout(timeout)
+        tasks = list(tasks)
         values = []
         for position, task in enumerate(tasks):
             if not isinstance(task, _selected.Task):
@@ -270,17 +331,24 @@ class Engine:
             values.append(as_index(task.index))
         key = self._key
         hashes = [hash(key(task)) for task in tasks] if key is not None else None
-        done, count = 0, len(tasks)
+        return self._put_run(values, tasks, hashes, seconds)
+
+    def _put_run(self, values: list[int], tasks: Sequence[Any], hashes: list[int] | None,
+                 timeout: float | None) -> int:
+        """Accept ``tasks`` in order, a window's room at a time; return how many (all, unless
+        it raises: then those before the refused one stay accepted)."""
+        done, count = 0, len(values)
         with self._lock:
             while done < count:
-                self._check_accepts(values[done], tasks[done].index)  # the first refused raises
+                self._check_accepts(values[done])  # the first refused raises
                 if self._outstanding >= self._window:
-                    self._wait_for_room(seconds)
+                    self._wait_for_room(timeout)
                     continue
                 try:
                     while (done < count and self._outstanding < self._window
                            and self._accepts(values[done])):
-                        self._accept(values[done], tasks[done], 0 if hashes is None else hashes[done])
+                        self._accept_task(values[done], tasks[done],
+                                          0 if hashes is None else hashes[done])
                         done += 1
                     self._wake_workers()
                 except BaseException:
@@ -288,54 +356,112 @@ class Engine:
                     raise
         return done
 
-    def feed(self, source: Iterator[Any], indexed: bool = False) -> None:
+    def feed(self, source: Iterator[Any], indexed: bool = False,
+             buffered: Callable[[], int] | None = None) -> None:
         """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
 
         Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
-        are indexed by position, or with ``indexed`` the source yields ``(index, item)``
-        pairs. Whatever ends the feed early (the source raising, a malformed pair, an index
-        the engine refuses) closes the engine with that error, which the consumer raises
-        after every item before it; termination ends the feed quietly.
+        are pulled one at a time, or up to ``PULL_BATCH`` at once when no pull can block (a
+        list, tuple, range, str, bytes, dict or set iterator) or ``buffered()`` says how many
+        are ready. Items are indexed by position, or with ``indexed`` the source yields
+        ``(index, item)`` pairs. Whatever ends the feed early (the source raising, a malformed
+        pair, an index the engine refuses) closes the engine with that error, which the
+        consumer raises after every item before it; termination ends the feed quietly.
         """
         with self._lock:
             self._feeder = threading.get_ident()
+        never_blocks = type(source) in NEVER_BLOCKING
         position = 0
-        while True:
-            try:
-                item = next(source)
-            except StopIteration:
-                break
-            except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
-                self.close(exc)
-                return
-            try:
+        ended = False
+        failure: BaseException | None = None
+        while not ended and failure is None:
+            want = PULL_BATCH if never_blocks else 1
+            if buffered is not None and not never_blocks:
+                try:
+                    want = max(1, min(PULL_BATCH, buffered()))
+                except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
+                    failure = exc
+                    break
+            items: list[Any] = []
+            labels: list[int] = []
+            while len(items) < want:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    ended = True
+                    break
+                except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
+                    failure = exc
+                    break
                 if indexed:
-                    if type(item) is not tuple or len(item) != 2:
-                        raise TypeError(
-                            f"indexed=True: the iterable must yield (index, input) pairs, "
-                            f"got {type(item).__name__} at position {position}")
-                    index, item = item
-                else:
-                    index = position
-                self.put(index, item)
+                    try:
+                        labels.append(_index_of_pair(item, position + len(items)))
+                    except BaseException as exc:  # noqa: BLE001 - raised in place
+                        failure = exc
+                        break
+                    item = item[1]
+                items.append(item)
+            if not items:
+                break
+            try:
+                position += self._append_run(items, labels if indexed else None, None)
             except PoolClosed:
                 if self._closed:
                     return  # terminated, or a worker failed to start: nobody wants more
                 raise
             except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
-                self.close(exc)
-                return
-            position += 1
-        self.close()
+                failure = exc
+        self.close(failure)
 
-    def _check_accepts(self, value: int, index: object) -> None:
+    def _append_run(self, items: list[Any], labels: list[int] | None,
+                    timeout: float | None) -> int:
+        """MAP engines: accept ``items`` in order, a window's room at a time. Each joins the
+        newest chunk while no worker has taken it and it has room, so a fast source fills
+        chunks and a slow one hands items on one by one."""
+        done, count = 0, len(items)
+        with self._lock:
+            while done < count:
+                if self._closed:
+                    self._raise_closed()
+                if self._outstanding >= self._window:
+                    self._wait_for_room(timeout)
+                    continue
+                try:
+                    # A chunk never outgrows a batch, nor a share of the window per worker.
+                    cap = min(self._max_batch, max(1, self._window // (2 * max(1, self._live))))
+                    while done < count and self._outstanding < self._window:
+                        # The newest slot takes more only while it waits in the queue.
+                        slot = self._queue[-1] if self._queue else None
+                        if slot is None or slot is not self._pending[-1] or slot.weight >= cap:
+                            slot = _Slot(self._next_position)
+                            slot.weight = 0
+                            self._pending.append(slot)
+                            self._queue.append(slot)
+                        slot.items.append(items[done])
+                        if labels is not None:
+                            slot.labels.append(labels[done])
+                        slot.weight += 1
+                        self._next_position += 1
+                        self._queued += 1
+                        if not self._outstanding:
+                            self._progress_time = monotonic()
+                        self._outstanding += 1
+                        self._accepted += 1
+                        done += 1
+                    self._wake_workers()
+                except BaseException:
+                    self._break()
+                    raise
+        return done
+
+    def _check_accepts(self, value: int) -> None:
         if self._closed:
             self._raise_closed()
         if self._last_released is not None and value <= self._last_released:
-            raise ValueError(f"task index {index} is not greater than the last released index "
+            raise ValueError(f"task index {value} is not greater than the last released index "
                              f"{self._last_released}")
         if value in self._pending_index:
-            raise ValueError(f"task index {index} is already pending (duplicate index)")
+            raise ValueError(f"task index {value} is already pending (duplicate index)")
 
     def _accepts(self, value: int) -> bool:
         return not (self._closed or value in self._pending_index or (
@@ -348,8 +474,8 @@ class Engine:
             raise PoolClosed("the pool was terminated and accepts no more tasks")
         raise PoolClosed("the pool is closed and accepts no more tasks")
 
-    def _accept(self, value: int, item: Any, keyhash: int) -> None:
-        slot = _Slot(value, item, keyhash)
+    def _accept_task(self, value: int, task: Any, keyhash: int) -> None:
+        slot = _Slot(value, task, keyhash)
         pending = self._pending
         if not pending or value > pending[-1].index:
             pending.append(slot)
@@ -360,6 +486,7 @@ class Engine:
             pending.insert(position + 1, slot)
         self._pending_index[value] = slot
         self._queue.append(slot)
+        self._queued += 1
         if not self._outstanding:
             self._progress_time = monotonic()
         self._outstanding += 1
@@ -405,7 +532,7 @@ class Engine:
         # One idle worker per batch's worth of queued work not already promised to a woken
         # one: a lone item wakes a worker even while others run slow items, and a fast
         # producer does not turn into a notify per item.
-        if self._idle > self._wakeups and len(self._queue) > self._wakeups * self._max_batch:
+        if self._idle > self._wakeups and self._queued > self._wakeups * self._max_batch:
             self._wakeups += 1
             self._work.notify()
 
@@ -422,7 +549,7 @@ class Engine:
         with self._lock:
             self._owned.discard(threading.get_ident())
             self._live -= 1
-            if self._live or self._stopping or not (self._queue or self._parked_count):
+            if self._live or self._stopping or not (self._queued or self._parked_count):
                 self._notify_all()
                 return
             batch = self._take_all_queued()
@@ -430,6 +557,8 @@ class Engine:
 
     def fail_init(self, error: BaseException) -> None:
         """A worker could not start: close, and fail every item no worker has taken."""
+        failure = WorkerInitError(f"worker_init failed: {error!r}")
+        failure.__cause__ = error
         with self._lock:
             if self._init_error is None:
                 self._init_error = error
@@ -437,8 +566,6 @@ class Engine:
             batch = self._take_all_queued()
             self._notify_all()
             waker = self._take_waker()
-        failure = WorkerInitError(f"worker_init failed: {error!r}")
-        failure.__cause__ = error
         self.fail(batch, failure)
         if waker is not None:
             waker()
@@ -446,27 +573,27 @@ class Engine:
     def _take_all_queued(self) -> Batch:
         slots = list(self._queue)
         self._queue.clear()
+        self._queued = 0
         for waiting in self._parked.values():
             slots.extend(waiting)
         self._parked.clear()
         self._parked_count = 0
-        self._running += len(slots)
-        return Batch(slots, [], self._kind)
+        self._running += sum(slot.weight for slot in slots)
+        return Batch(self, slots, [])
 
     def take(self) -> Batch | None:
         """Wait for work and take a batch; None when the worker should exit."""
         with self._lock:
             while True:
-                available = len(self._queue)
                 if self._stopping:
                     return None
-                if available:
+                if self._queued:
                     limit = self._max_batch
                     if self._idle:  # leave a fair share for the idle workers
-                        limit = min(limit, -(-available // (self._idle + 1)))
+                        limit = min(limit, (self._queued + self._idle) // (self._idle + 1))
                     batch = self._take_slots(limit)
                     if batch is not None:
-                        if self._queue:
+                        if self._queued:
                             self._wake_workers()
                         return batch
                     continue  # every queued item was parked behind a running key
@@ -481,16 +608,22 @@ class Engine:
                         self._wakeups -= 1
 
     def _take_slots(self, limit: int) -> Batch | None:
-        queue = self._queue
+        # Whole slots, up to ``limit`` items (at least one slot: a chunk is never split).
+        queue, slots, taken = self._queue, [], 0
         if not self._keyed:
-            slots = [queue.popleft() for _ in range(min(limit, len(queue)))]
-            self._running += len(slots)
-            return Batch(slots, [], self._kind)
+            while queue and (not taken or taken + queue[0].weight <= limit):
+                slot = queue.popleft()
+                slots.append(slot)
+                taken += slot.weight
+            self._queued -= taken
+            self._running += taken
+            return Batch(self, slots, [])
         batch_id = self._next_batch
         self._next_batch += 1
-        owner, slots, keys = self._key_owner, [], []
-        while queue and len(slots) < limit:
+        owner, keys = self._key_owner, []
+        while queue and taken < limit:
             slot = queue.popleft()
+            self._queued -= 1
             holder = owner.get(slot.keyhash)
             if holder is None:
                 owner[slot.keyhash] = batch_id
@@ -500,61 +633,71 @@ class Engine:
                 self._parked_count += 1
                 continue
             slots.append(slot)
+            taken += 1
         if not slots:
             return None
-        self._running += len(slots)
-        return Batch(slots, keys, self._kind)
+        self._running += taken
+        return Batch(self, slots, keys)
 
     def finish(self, batch: Batch, outcomes: Sequence[tuple[Any, BaseException | None]],
                elapsed: float = 0.0) -> None:
         """Store one ``(output, error)`` per item of ``batch`` (in its order) and finish it."""
-        slots = batch._slots
-        if len(outcomes) != len(slots):
+        batch._check_open()
+        count = len(batch)
+        if len(outcomes) != count:
             self.fail(batch, RuntimeError(
-                f"the backend returned {len(outcomes)} outcomes for a batch of {len(slots)}"),
+                f"the backend returned {len(outcomes)} outcomes for a batch of {count}"),
                 elapsed)
             return
-        if self._kind == POOL:
-            for slot, (output, error) in zip(slots, outcomes):
-                task = slot.item
-                task.output = output
-                task.error = error
-        else:
-            for slot, (output, error) in zip(slots, outcomes):
-                slot.output = output
-                slot.error = error
-        self._complete(batch, elapsed)
+        batch._open = False
+        at = 0
+        try:
+            for slot in batch._slots:
+                if self._kind == POOL:
+                    task = slot.item
+                    task.output, task.error = outcomes[at]
+                    at += 1
+                    continue
+                slot.size_outcomes()
+                for position in range(slot.weight):
+                    output, error = outcomes[at]
+                    slot.set_outcome(position, output, error)
+                    at += 1
+        except BaseException as exc:  # noqa: BLE001 - a malformed outcome fails the batch
+            batch._open = True
+            self.fail(batch, exc)
+            return
+        self._complete(batch._slots, batch._keys, elapsed)
 
     def fail(self, batch: Batch, error: BaseException, elapsed: float = 0.0) -> None:
         """Finish every item of ``batch`` with ``error``: the batch failed as a whole."""
-        for slot in batch._slots:
-            if self._kind == POOL:
-                slot.item.output = None
-                slot.item.error = error
-            else:
-                slot.output = None
-                slot.error = error
-        self._complete(batch, 0.0)
+        batch._check_open()
+        batch._open = False
+        _fail_slots(batch._slots, self._kind, error)
+        self._complete(batch._slots, batch._keys, 0.0)
 
-    def _complete(self, batch: Batch, elapsed: float) -> None:
-        slots = batch._slots
+    def _complete(self, slots: list[_Slot], keys: list[int], elapsed: float) -> None:
+        """The one way a taken batch comes back."""
+        count = sum(slot.weight for slot in slots)
+        waker = None
         with self._lock:
             try:
-                self._running -= len(slots)
+                self._running -= count
                 if self._stopping:
                     return  # terminated meanwhile: these were dropped and counted then
                 for slot in slots:
                     slot.done = True
-                self._finished += len(slots)
-                self._held += len(slots)
-                if batch._keys:
-                    self._free_keys(batch._keys)
+                self._finished += count
+                self._held += count
+                if keys:
+                    self._free_keys(keys)
                 released = self._release_run()
-                if elapsed > 0 and slots:
-                    self._learn(len(slots), elapsed)
-                if self._queue:
+                if elapsed > 0 and count:
+                    self._learn(count, elapsed)
+                if self._queued:
                     self._wake_workers()
-                waker = self._take_waker() if released else None
+                if released:
+                    waker = self._take_waker()
                 if self._closed and self._idle:
                     self._work.notify_all()  # workers waiting for parked keys may now exit
             except BaseException:
@@ -571,17 +714,20 @@ class Engine:
                 # They were taken off the front before any same-key item still queued.
                 self._queue.extendleft(reversed(waiting))
                 self._parked_count -= len(waiting)
+                self._queued += len(waiting)
 
     def _release_run(self) -> int:
         pending, released, count = self._pending, self._released, 0
+        slot = None
         while pending and pending[0].done:
             slot = pending.popleft()
-            del self._pending_index[slot.index]
+            if self._kind == POOL:
+                del self._pending_index[slot.index]
             released.append(slot)
-            count += 1
-        if count:
+            count += slot.weight
+        if slot is not None:
             self._held -= count
-            self._last_released = released[-1].index
+            self._last_released = slot.index + slot.weight - 1
             self._progress_time = monotonic()
             if self._consumer_waiting:
                 self._results.notify()
@@ -610,10 +756,11 @@ class Engine:
             except BaseException as exc:  # noqa: BLE001 - whatever broke, the batch fails
                 self.fail(batch, exc)
                 continue
+            batch._open = False
             if elapsed is None:
-                self._complete(batch, 0.0)  # terminated: this only counts the batch back
+                self._complete(batch._slots, batch._keys, 0.0)  # terminated: only counted back
                 return
-            self._complete(batch, elapsed)
+            self._complete(batch._slots, batch._keys, elapsed)
 
     def _run_batch(self, batch: Batch, context_ref: Callable[[], Any], worker: int
                    ) -> float | None:
@@ -630,7 +777,12 @@ class Engine:
                 runner.run_task(workerlocal, slot.item)
         else:
             for slot in batch._slots:
-                slot.output, slot.error = runner.run_value(slot.index, slot.item)
+                slot.size_outcomes()
+                labels = slot.labels
+                for position, item in enumerate(slot.items):
+                    output, error = runner.run_value(
+                        labels[position] if labels else slot.index + position, item)
+                    slot.set_outcome(position, output, error)
         return perf_counter() - started
 
     # -- the consumer (through Cursor) ---------------------------------------------------
@@ -731,11 +883,14 @@ class Engine:
             return []
         self._closed = True
         self._stopping = True
-        self._terminated_head = self._pending[0].index if self._pending else None
-        dropped = list(self._pending)  # queued, parked and finished slots are all pending
+        if self._pending:
+            head = self._pending[0]
+            self._terminated_head = head.labels[0] if head.labels else head.index
+        dropped = list(self._pending)  # queued, parked, running and finished slots
         dropped.extend(self._released)
-        self._dropped += len(dropped)
+        self._dropped += sum(slot.weight for slot in dropped)
         self._queue.clear()
+        self._queued = 0
         self._parked.clear()
         self._parked_count = 0
         self._key_owner.clear()
@@ -756,22 +911,29 @@ class Engine:
         """A snapshot of the counters (README, "Observability")."""
         with self._lock:
             now = monotonic()
-            pending = len(self._pending)
+            pending = self._queued + self._parked_count + self._running + self._held
+            released = sum(slot.weight for slot in self._released)
             elapsed = now - self._started
-            blocked = pending and not self._released
+            head = None
+            wait = 0.0
+            if self._pending:
+                front = self._pending[0]
+                head = front.labels[0] if front.labels else front.index
+                if not self._released:
+                    wait = now - self._progress_time
             return {
                 "accepted": self._accepted,
                 "completed": self._finished,
                 "yielded": self._yielded,
-                "queued": len(self._queue) + self._parked_count,
+                "queued": self._queued + self._parked_count,
                 "in_flight": self._running,
                 "reorder_depth": self._held,
                 "pending": pending,
-                "released": len(self._released),
+                "released": released,
                 "outstanding": self._outstanding,
                 "window": self._window,
-                "head": self._pending[0].index if pending else None,
-                "head_wait_seconds": now - self._progress_time if blocked else 0.0,
+                "head": head if pending else None,
+                "head_wait_seconds": wait,
                 "throughput_per_second": self._yielded / elapsed if elapsed > 0 else 0.0,
                 "watermark": self._watermark,
                 "closed": self._closed,
@@ -799,8 +961,8 @@ class Cursor:
     MAP = 1
     MAP_TASKS = 2
 
-    __slots__ = ("_engine", "_mode", "_buffer", "_credit", "_state", "_on_start", "_keepalive",
-                 "__weakref__")
+    __slots__ = ("_engine", "_mode", "_buffer", "_pos", "_credit", "_state", "_on_start",
+                 "_keepalive", "__weakref__")
 
     def __init__(self, engine: Engine, mode: int, on_start: Callable[[], Any] | None = None,
                  keepalive: Any = None) -> None:
@@ -808,8 +970,9 @@ class Cursor:
             raise ValueError(f"mode must be Cursor.POOL, MAP or MAP_TASKS, not {mode!r}")
         self._engine = engine
         self._mode = mode
-        self._buffer: deque[_Slot] = deque()
-        self._credit = 0
+        self._buffer: deque[_Slot] = deque()  # released slots; the front is current
+        self._pos = 0  # the front slot's next item
+        self._credit = 0  # items yielded since the last refill
         self._state = _NEW
         self._on_start = on_start
         self._keepalive = keepalive  # what the workers reach by weak reference
@@ -839,7 +1002,15 @@ class Cursor:
         engine = self._engine
         if engine._stopping:
             self._report_termination()
-        if not self._buffer:
+        buffer = self._buffer
+        while True:
+            if buffer:
+                slot = buffer[0]
+                if self._pos < slot.weight:
+                    break
+                buffer.popleft()
+                self._pos = 0
+                continue
             try:
                 got = engine._next_released(self._credit, waker)
             except BaseException:
@@ -856,10 +1027,11 @@ class Cursor:
                 self._report_termination()
             if not got:
                 return NOT_READY
-            self._buffer.extend(got)  # type: ignore[arg-type]
-        slot = self._buffer.popleft()
+            buffer.extend(got)  # type: ignore[arg-type]
+        position = self._pos
+        self._pos += 1
         self._credit += 1
-        return self._expand(slot)
+        return self._expand(slot, position)
 
     def _begin(self) -> None:
         if self._state == _DONE:
@@ -880,10 +1052,11 @@ class Cursor:
                 self._leave(terminate=True)
                 raise
 
-    def _expand(self, slot: _Slot) -> Any:
+    def _expand(self, slot: _Slot, position: int) -> Any:
+        # What the consumer sees of one item, and the watermark moving past it.
         engine, mode = self._engine, self._mode
         if mode == Cursor.POOL:
-            task = slot.item
+            task, slot.item = slot.item, None
             error = task.error
             if error is not None and not isinstance(error, Exception):
                 self._leave(terminate=True)
@@ -891,30 +1064,36 @@ class Cursor:
             engine._watermark = slot.index
             engine._yielded += 1
             return task
-        error = slot.error
-        if mode == Cursor.MAP:
-            if error is not None:
-                self._leave(terminate=True)
-                if isinstance(error, StopIteration):  # would end the caller's loop silently
-                    raise RuntimeError("fn raised StopIteration") from error
-                raise error
-            engine._watermark = slot.index
-            engine._yielded += 1
-            return slot.output
-        if error is not None and not isinstance(error, Exception):
+        index = slot.labels[position] if slot.labels else slot.index + position
+        error = slot.errors[position] if slot.errors else None
+        if error is not None and (mode == Cursor.MAP or not isinstance(error, Exception)):
             self._leave(terminate=True)
+            if mode == Cursor.MAP and isinstance(error, StopIteration):
+                # It would end the caller's loop silently.
+                raise RuntimeError("fn raised StopIteration") from error
             raise error
-        task = _selected.Task(slot.index, slot.item)
-        task.output = slot.output
-        task.error = error
-        engine._watermark = slot.index
+        output = slot.outputs[position] if slot.outputs else None
+        if slot.outputs:
+            slot.outputs[position] = None
+        engine._watermark = index
         engine._yielded += 1
+        if mode == Cursor.MAP:
+            return output
+        task = _selected.Task(index, slot.items[position])
+        task.output = output
+        task.error = error
         return task
 
     def _report_termination(self) -> None:
         engine = self._engine
         dropped = engine._accepted - engine._yielded
-        first = self._buffer[0].index if self._buffer else engine._terminated_head
+        first = engine._terminated_head
+        if self._buffer and self._pos < self._buffer[0].weight:
+            slot = self._buffer[0]
+            if engine._kind == POOL:
+                first = slot.index
+            else:
+                first = slot.labels[self._pos] if slot.labels else slot.index + self._pos
         self._leave(terminate=False)
         if dropped:
             raise PoolTerminated(dropped, first)
@@ -926,6 +1105,7 @@ class Cursor:
             return
         self._state = _DONE
         self._buffer.clear()
+        self._pos = 0
         self._engine._unclaim()
         if terminate:
             self._engine.terminate()

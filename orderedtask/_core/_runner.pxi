@@ -38,55 +38,64 @@ cdef class Runner:
 
     cdef int _run_task(self, object workerlocal, object task) except -1:
         # Only an error in this function's own bookkeeping escapes (it fails the batch).
+        cdef PyObject* args[2]
+        cdef PyObject* result
         cdef Py_ssize_t attempt = 0
+        args[0] = <PyObject*>workerlocal
+        args[1] = <PyObject*>task
         while True:
-            try:
-                self.fn(workerlocal, task)
+            result = PyObject_Vectorcall(self.fn, args, 2, NULL)
+            if result != NULL:
+                Py_DECREF(<object>result)
                 return 0
-            except Exception as exc:
-                if attempt < self.retries:
-                    attempt += 1
-                    if type(task) is Task:
-                        (<Task>task).output = None
-                    else:
-                        task.output = None
-                    if self.backoff:
-                        _sleep(self.backoff)
-                    continue
-                failure = exc
-            except BaseException as exc:
-                failure = exc
+            failure = _taken_exception()
+            if isinstance(failure, Exception) and attempt < self.retries:
+                attempt += 1
+                if type(task) is Task:
+                    (<Task>task).output = None
+                else:
+                    task.output = None
+                if self.backoff:
+                    _sleep(self.backoff)
+                continue
             if type(task) is Task:
                 (<Task>task).error = failure
             else:
                 task.error = failure
             return 0
 
-    cdef object _run_value(self, uint64_t index, object item, PyObject** error):
-        """``(output, NULL)``, or ``(None, a new reference to the error)``."""
+    cdef PyObject* _run_value(self, uint64_t index, object item, PyObject** error) noexcept:
+        """A new reference to ``fn(item)``; or NULL, with ``error`` a new reference."""
+        cdef PyObject* result = PyObject_CallOneArg(self.fn, item)
+        if result != NULL:
+            return result
+        return self._failed_value(index, item, error)
+
+    cdef PyObject* _failed_value(self, uint64_t index, object item, PyObject** error) noexcept:
+        # fn raised (the exception is set): retry an Exception, then describe it.
+        cdef PyObject* result
         cdef Py_ssize_t attempt = 0
-        while True:
+        failure = _taken_exception()
+        while isinstance(failure, Exception) and attempt < self.retries:
+            attempt += 1
+            if self.backoff:
+                try:
+                    _sleep(self.backoff)
+                except BaseException as exc:
+                    failure = exc
+                    break
+            result = PyObject_CallOneArg(self.fn, item)
+            if result != NULL:
+                return result
+            failure = _taken_exception()
+        if self.describe is not None and isinstance(failure, Exception):
             try:
-                return self.fn(item)
-            except Exception as exc:
-                if attempt < self.retries:
-                    attempt += 1
-                    if self.backoff:
-                        _sleep(self.backoff)
-                    continue
-                failure = exc
-                if self.describe is not None:
-                    try:
-                        failure = self.describe(index, item, exc)
-                    except Exception:
-                        failure = exc
-                Py_INCREF(failure)
-                error[0] = <PyObject*>failure
-                return None
-            except BaseException as exc:
-                Py_INCREF(exc)
-                error[0] = <PyObject*>exc
-                return None
+                failure = self.describe(index, item, failure)
+            except Exception:
+                pass  # a failing describe keeps the original error
+        Py_INCREF(failure)
+        error[0] = <PyObject*>failure
+        return NULL
 
     def run_task(self, workerlocal, task):
         """``POOL``: run ``fn(workerlocal, task)``; what it raises goes to ``task.error``."""
@@ -95,8 +104,10 @@ cdef class Runner:
     def run_value(self, index, item):
         """``MAP``: return ``(fn(item), None)``, or ``(None, the error)``."""
         cdef PyObject* error = NULL
-        output = self._run_value(_as_index(index), item, &error)
-        if error == NULL:
+        cdef PyObject* result = self._run_value(_as_index(index), item, &error)
+        if result != NULL:
+            output = <object>result
+            Py_DECREF(output)
             return output, None
         failure = <object>error
         Py_DECREF(failure)
