@@ -87,7 +87,7 @@ def map(
     source = iter(iterable)
     cursor = plan.cursor(_core.Cursor.MAP, lambda: source, False, "orderedtask-map",
                          _buffered_hint(iterable))
-    return _ProgressResults(cursor, iterable) if progress else cursor  # type: ignore[no-any-return]
+    return _ProgressResults(cursor, iterable) if progress else cursor
 
 
 def map_tasks(
@@ -120,7 +120,7 @@ def map_tasks(
     source = iter(iterable)
     cursor = plan.cursor(_core.Cursor.MAP_TASKS, lambda: source, indexed, "orderedtask-map",
                          _buffered_hint(iterable))
-    return _ProgressResults(cursor, iterable) if progress else cursor  # type: ignore[no-any-return]
+    return _ProgressResults(cursor, iterable) if progress else cursor
 
 
 def amap(

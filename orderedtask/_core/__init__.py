@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 NO_EXTENSIONS = bool(os.environ.get("ORDEREDTASK_NO_EXTENSIONS")) or (
     sys.implementation.name != "cpython"
@@ -31,18 +32,22 @@ def _select() -> tuple[ModuleType, str]:
 
 impl, IMPLEMENTATION = _select()
 
-Batch = impl.Batch
-Cursor = impl.Cursor
-Engine = impl.Engine
-ReorderBuffer = impl.ReorderBuffer
-Runner = impl.Runner
-Task = impl.Task
-MAP: int = impl.MAP
-POOL: int = impl.POOL
-MAX_BATCH: int = impl.MAX_BATCH
-NOT_READY = impl.NOT_READY
-as_index = impl.as_index
-as_timeout = impl.as_timeout
+if TYPE_CHECKING:  # both twins have the specification's interface
+    from ._core_py import (MAP, MAX_BATCH, NOT_READY, POOL, Batch, Cursor, Engine,
+                           ReorderBuffer, Runner, Task, as_index, as_timeout)
+else:
+    Batch = impl.Batch
+    Cursor = impl.Cursor
+    Engine = impl.Engine
+    ReorderBuffer = impl.ReorderBuffer
+    Runner = impl.Runner
+    Task = impl.Task
+    MAP = impl.MAP
+    POOL = impl.POOL
+    MAX_BATCH = impl.MAX_BATCH
+    NOT_READY = impl.NOT_READY
+    as_index = impl.as_index
+    as_timeout = impl.as_timeout
 
 
 def gil_enabled() -> bool:

@@ -122,6 +122,7 @@ cdef inline double _seconds(object timeout) except? -2.0:
 
 
 @cython.final
+@cython.no_gc_clear  # a cycle through the engine is broken elsewhere: it must stay whole
 cdef class Engine:
     """Shared state of one pool: window, queue, reorder, release, counters and waits.
 
@@ -187,6 +188,7 @@ cdef class Engine:
     cdef uint64_t _watermark
     cdef int _has_watermark
     cdef uint64_t _yielded
+    cdef object __weakref__
 
     def __init__(self, window, kind=POOL, *, key=None, batch_seconds=0.002,
                  on_terminate=None):
@@ -1269,6 +1271,7 @@ cdef void _fail_slots(vector[Slot*]& slots, int kind, object error) noexcept:
 
 
 @cython.final
+@cython.no_gc_clear  # its dealloc must still reach the engine
 cdef class Batch:
     """Items a worker took at once; the worker hands it back to ``finish`` or ``fail``."""
 
@@ -1344,6 +1347,7 @@ cdef class Batch:
 
 
 @cython.final
+@cython.no_gc_clear  # its dealloc must still reach the engine, to terminate it
 cdef class Cursor:
     """The consumer's side: yields released items in order, one at a time.
 

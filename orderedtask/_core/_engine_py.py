@@ -75,11 +75,12 @@ MAX_BATCH = 4096
 #: How many items the feeder pulls at once from a source whose pulls never block.
 PULL_BATCH = 256
 # Iterators whose next() never waits for anything: the feeder may pull many in a row.
-NEVER_BLOCKING = frozenset(type(iter(items)) for items in (
-    [], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(), {}.items(), set(),
-    frozenset())) | {type(reversed([])), type(reversed(range(0)))}
+_SOURCES: tuple[Any, ...] = ([], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(),
+                             {}.items(), set(), frozenset())
+NEVER_BLOCKING = frozenset(type(iter(items)) for items in _SOURCES) | {
+    type(reversed([])), type(reversed(range(0)))}
 #: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
-NOT_READY: Any = type("NotReady", (), {"__repr__": lambda self: "NOT_READY"})()
+NOT_READY: Any = type("NotReady", (), {"__slots__": (), "__repr__": lambda self: "NOT_READY"})()
 _STOPPED = object()  # _next_released: the engine was terminated
 
 # Cursor states.
