@@ -986,8 +986,10 @@ cdef class Engine:
                                "iterate its results: it would wait for itself")
         return 0
 
-    cdef void _unclaim(self) noexcept:
+    cdef void _unclaim(self, Py_ssize_t unyielded) noexcept:
+        # The cursor leaves with ``unyielded`` items still in hand: they count as dropped.
         self._lock()
+        self._dropped += unyielded
         self._has_consumer = False
         old = self._waker
         self._waker = None
@@ -1100,6 +1102,7 @@ cdef class Engine:
             return
         store_int(&self._closed, 1)
         store_int(&self._stopping, 1)
+        self._has_consumer = False  # a new cursor may claim it, to hear that it was terminated
         self._has_terminated_head = not self._pending.empty()
         if self._has_terminated_head:
             slot = self._pending.front()
@@ -1388,13 +1391,20 @@ cdef class Cursor:
     def __dealloc__(self):
         if self._engine is not None and self._state == ACTIVE:
             self._state = FINISHED
-            self._engine._unclaim()
+            self._engine._unclaim(self._unyielded())
             try:
                 self._engine.terminate()
             except BaseException:
                 pass
         self._drop_buffer()
         _drop_slots(self._spent)
+
+    cdef Py_ssize_t _unyielded(self) noexcept:
+        cdef Py_ssize_t count = -self._pos
+        cdef size_t i
+        for i in range(self._buffer.size()):
+            count += self._buffer[i].weight
+        return count
 
     cdef void _drop_buffer(self) noexcept:
         cdef vector[Slot*] slots
@@ -1424,12 +1434,20 @@ cdef class Cursor:
         return self._next(waker)
 
     cdef object _next(self, object waker):
+        try:
+            if self._state != ACTIVE:
+                self._begin()
+            return self._step(waker)
+        except BaseException:
+            if self._state == ACTIVE:  # whatever escapes ends the iteration, like a generator's
+                self._leave(True)
+            raise
+
+    cdef object _step(self, object waker):
         cdef Engine engine = self._engine
         cdef Found found
         cdef Slot* slot
         cdef Py_ssize_t position
-        if self._state != ACTIVE:
-            self._begin()
         if load_int(&engine._stopping):
             self._report_termination()
         while True:
@@ -1561,8 +1579,8 @@ cdef class Cursor:
             self._state = FINISHED
             return
         self._state = FINISHED
+        self._engine._unclaim(self._unyielded())
         self._drop_buffer()
-        self._engine._unclaim()
         if terminate:
             try:
                 self._engine.terminate()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +117,14 @@ class _Slot:
         self.errors[position] = error
 
 
+def _weight(slots: Iterable[_Slot]) -> int:
+    # A plain loop: a generator expression would add frames a Ctrl-C could land in.
+    total = 0
+    for slot in slots:
+        total += slot.weight
+    return total
+
+
 def _fail_slots(slots: list[_Slot], kind: int, error: BaseException) -> None:
     """Every item of ``slots`` gets ``error``: the accounting rule's batch failure."""
     for slot in slots:
@@ -184,7 +192,7 @@ class Batch:
 
     def __len__(self) -> int:
         """How many items the batch holds."""
-        return sum(slot.weight for slot in self._slots)
+        return _weight(self._slots)
 
 
 class Engine:
@@ -236,8 +244,6 @@ class Engine:
         self._terminated_head: int | None = None
         self._idle = 0
         self._wakeups = 0
-        self._producers_waiting = 0
-        self._consumer_waiting = False
         self._waker: Callable[[], Any] | None = None
         self._consumer: int | None = None
         self._feeder: int | None = None
@@ -339,22 +345,26 @@ class Engine:
         """Accept ``tasks`` in order, a window's room at a time; return how many (all, unless
         it raises: then those before the refused one stay accepted)."""
         done, count = 0, len(values)
-        with self._lock:
-            while done < count:
-                self._check_accepts(values[done])  # the first refused raises
-                if self._outstanding >= self._window:
-                    self._wait_for_room(timeout)
-                    continue
-                try:
+        updating = False
+        try:
+            with self._lock:
+                while done < count:
+                    self._check_accepts(values[done])  # the first refused raises
+                    if self._outstanding >= self._window:
+                        self._wait_for_room(timeout)
+                        continue
+                    updating = True
                     while (done < count and self._outstanding < self._window
                            and self._accepts(values[done])):
                         self._accept_task(values[done], tasks[done],
                                           0 if hashes is None else hashes[done])
                         done += 1
                     self._wake_workers()
-                except BaseException:
-                    self._break()
-                    raise
+                    updating = False
+        except BaseException:
+            if updating:
+                self._break()
+            raise
         return done
 
     def feed(self, source: Iterator[Any], indexed: bool = False,
@@ -420,14 +430,16 @@ class Engine:
         newest chunk while no worker has taken it and it has room, so a fast source fills
         chunks and a slow one hands items on one by one."""
         done, count = 0, len(items)
-        with self._lock:
-            while done < count:
-                if self._closed:
-                    self._raise_closed()
-                if self._outstanding >= self._window:
-                    self._wait_for_room(timeout)
-                    continue
-                try:
+        updating = False
+        try:
+            with self._lock:
+                while done < count:
+                    if self._closed:
+                        self._raise_closed()
+                    if self._outstanding >= self._window:
+                        self._wait_for_room(timeout)
+                        continue
+                    updating = True
                     # A chunk never outgrows a batch, nor a share of the window per worker.
                     cap = min(self._max_batch, max(1, self._window // (2 * max(1, self._live))))
                     while done < count and self._outstanding < self._window:
@@ -450,9 +462,11 @@ class Engine:
                         self._accepted += 1
                         done += 1
                     self._wake_workers()
-                except BaseException:
-                    self._break()
-                    raise
+                    updating = False
+        except BaseException:
+            if updating:
+                self._break()
+            raise
         return done
 
     def _check_accepts(self, value: int) -> None:
@@ -503,18 +517,14 @@ class Engine:
                 f"this thread is {who}; enqueue from another thread, use orderedtask.map, or "
                 "use a larger window")
         deadline = None if timeout is None else monotonic() + timeout
-        self._producers_waiting += 1
-        try:
-            while self._outstanding >= self._window:
-                if self._closed:
-                    self._raise_closed()
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"enqueue timed out after {timeout} s: the window of "
-                                       f"{self._window} tasks stayed full")
-                self._wait(self._room, remaining)
-        finally:
-            self._producers_waiting -= 1
+        while self._outstanding >= self._window:
+            if self._closed:
+                self._raise_closed()
+            remaining = None if deadline is None else deadline - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"enqueue timed out after {timeout} s: the window of "
+                                   f"{self._window} tasks stayed full")
+            self._wait(self._room, remaining)
 
     def _wait(self, condition: threading.Condition, timeout: float | None = None) -> None:
         """``condition.wait`` for threads that may get Ctrl-C (the consumer, producers).
@@ -579,7 +589,7 @@ class Engine:
             slots.extend(waiting)
         self._parked.clear()
         self._parked_count = 0
-        self._running += sum(slot.weight for slot in slots)
+        self._running += _weight(slots)
         return Batch(self, slots, [])
 
     def take(self) -> Batch | None:
@@ -679,10 +689,12 @@ class Engine:
 
     def _complete(self, slots: list[_Slot], keys: list[int], elapsed: float) -> None:
         """The one way a taken batch comes back."""
-        count = sum(slot.weight for slot in slots)
+        count = _weight(slots)
         waker = None
-        with self._lock:
-            try:
+        updating = False
+        try:
+            with self._lock:
+                updating = True
                 self._running -= count
                 if self._stopping:
                     return  # terminated meanwhile: these were dropped and counted then
@@ -701,9 +713,11 @@ class Engine:
                     waker = self._take_waker()
                 if self._closed and self._idle:
                     self._work.notify_all()  # workers waiting for parked keys may now exit
-            except BaseException:
+                updating = False
+        except BaseException:
+            if updating:
                 self._break()
-                raise
+            raise
         if waker is not None:
             waker()
 
@@ -730,8 +744,7 @@ class Engine:
             self._held -= count
             self._last_released = slot.index + slot.weight - 1
             self._progress_time = monotonic()
-            if self._consumer_waiting:
-                self._results.notify()
+            self._results.notify()  # no waiter count to keep: a Ctrl-C could skew it
         return count
 
     def _learn(self, count: int, elapsed: float) -> None:
@@ -788,20 +801,38 @@ class Engine:
 
     # -- the consumer (through Cursor) ---------------------------------------------------
 
-    def _claim(self) -> None:
+    def _claim(self, cursor: Cursor) -> None:
+        # The cursor's state changes here, under the lock with the claim itself: no Ctrl-C
+        # can fall between them.
         with self._lock:
             me = threading.get_ident()
             if self._consumer is not None:
+                cursor._state = _REFUSED
                 raise RuntimeError("results() is already being iterated by another consumer")
             if me in self._owned or me == self._feeder:
+                cursor._state = _REFUSED
                 raise RuntimeError("a thread of the pool itself (a worker or the feeder) cannot "
                                    "iterate its results: it would wait for itself")
             self._consumer = me
+            cursor._state = _ACTIVE
 
-    def _unclaim(self) -> None:
+    def _release(self, cursor: Cursor, terminate: bool, unyielded: int) -> None:
+        """The cursor leaves, ``unyielded`` items still in hand: unclaim and, if asked,
+        terminate, in one locked step."""
+        dropped: list[_Slot] = []
+        waker = None
+        first = False
         with self._lock:
+            if cursor._state != _ACTIVE:
+                return
+            self._dropped += unyielded
+            if terminate:
+                first = not self._stopping
+                dropped = self._terminate_locked()
             self._consumer = None
             self._waker = None
+            cursor._state = _DONE
+        self._after_terminate(first, dropped, waker)
 
     def _next_released(self, credit: int,
                        waker: Callable[[], Any] | None = None) -> list[_Slot] | None | object:
@@ -813,8 +844,7 @@ class Engine:
         with self._lock:
             if credit:
                 self._outstanding -= credit
-                if self._producers_waiting:
-                    self._room.notify_all()
+                self._room.notify_all()
             while not self._released:
                 if self._stopping:
                     return _STOPPED
@@ -823,11 +853,7 @@ class Engine:
                 if waker is not None:
                     self._waker = waker
                     return []
-                self._consumer_waiting = True
-                try:
-                    self._wait(self._results)
-                finally:
-                    self._consumer_waiting = False
+                self._wait(self._results)
             slots = list(self._released)
             self._released.clear()
             return slots
@@ -865,6 +891,10 @@ class Engine:
             first = not self._stopping
             dropped = self._terminate_locked()
             waker = self._take_waker()
+        self._after_terminate(first, dropped, waker)
+
+    def _after_terminate(self, first: bool, dropped: list[_Slot],
+                         waker: Callable[[], Any] | None) -> None:
         del dropped  # outside the lock: an item's finalizer may call back in
         if waker is not None:
             waker()
@@ -880,16 +910,23 @@ class Engine:
             self.terminate()
 
     def _terminate_locked(self) -> list[_Slot]:
+        # The flags first and the waiters woken next, with no call of this module in between:
+        # whatever happens after that, every thread sees the engine stopped.
         if self._stopping:
             return []
         self._closed = True
         self._stopping = True
+        self._wakeups = 0
+        self._work.notify_all()
+        self._room.notify_all()
+        self._results.notify_all()
+        self._consumer = None  # a new cursor may claim it, to hear that it was terminated
         if self._pending:
             head = self._pending[0]
             self._terminated_head = head.labels[0] if head.labels else head.index
         dropped = list(self._pending)  # queued, parked, running and finished slots
         dropped.extend(self._released)
-        self._dropped += sum(slot.weight for slot in dropped)
+        self._dropped += _weight(dropped)
         self._queue.clear()
         self._queued = 0
         self._parked.clear()
@@ -899,21 +936,23 @@ class Engine:
         self._pending_index.clear()
         self._released.clear()
         self._held = 0
-        self._notify_all()
         return dropped
 
     def _break(self) -> None:
-        """An exception landed mid-update (Ctrl-C): terminate rather than run half-changed."""
-        if not self._lock._is_owned():  # type: ignore[attr-defined]
-            self._lock.acquire()
-        self._terminate_locked()
+        """An exception landed mid-update (Ctrl-C): terminate rather than run half-changed.
+
+        Called after the update's ``with self._lock`` ended. (No ``try`` sits directly inside
+        a ``with`` here: an exception raised at a ``try`` line by a trace function escapes an
+        enclosing ``with`` without releasing its lock, in CPython 3.11 to 3.13.)
+        """
+        self.terminate()
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters (README, "Observability")."""
         with self._lock:
             now = monotonic()
             pending = self._queued + self._parked_count + self._running + self._held
-            released = sum(slot.weight for slot in self._released)
+            released = _weight(self._released)
             elapsed = now - self._started
             head = None
             wait = 0.0
@@ -987,7 +1026,18 @@ class Cursor:
         return self
 
     def __next__(self) -> Any:
-        return self._next(None)
+        # __next__ and poll are the cursor's only frames between the caller and the work:
+        # whatever escapes below them ends the iteration, like a generator's, and a Ctrl-C
+        # that lands after an item was marked yielded but before it was handed over un-marks
+        # it, so the watermark never covers an item the consumer did not get.
+        marked = (self._engine._watermark, self._engine._yielded)
+        try:
+            if self._state != _ACTIVE:
+                self._begin()
+            return self._step(None)
+        except BaseException:
+            self._abandon(marked)
+            raise
 
     def poll(self, waker: Callable[[], Any]) -> Any:
         """``next`` that never waits: the next item, or ``NOT_READY`` and ``waker()`` later.
@@ -995,11 +1045,21 @@ class Cursor:
         Raises ``StopIteration`` at the end, like ``next``. A ``NOT_READY`` poll takes
         nothing, so abandoning the wait (a cancelled ``await``) loses nothing.
         """
-        return self._next(waker)
+        marked = (self._engine._watermark, self._engine._yielded)
+        try:
+            if self._state != _ACTIVE:
+                self._begin()
+            return self._step(waker)
+        except BaseException:
+            self._abandon(marked)
+            raise
 
-    def _next(self, waker: Callable[[], Any] | None) -> Any:
-        if self._state != _ACTIVE:
-            self._begin()
+    def _abandon(self, marked: tuple[int | None, int]) -> None:
+        if self._state == _ACTIVE:
+            self._engine._watermark, self._engine._yielded = marked
+            self._leave(terminate=True)
+
+    def _step(self, waker: Callable[[], Any] | None) -> Any:
         engine = self._engine
         if engine._stopping:
             self._report_termination()
@@ -1012,11 +1072,7 @@ class Cursor:
                 buffer.popleft()
                 self._pos = 0
                 continue
-            try:
-                got = engine._next_released(self._credit, waker)
-            except BaseException:
-                self._leave(terminate=True)
-                raise
+            got = engine._next_released(self._credit, waker)
             self._credit = 0
             if got is None:
                 self._leave(terminate=False)
@@ -1039,12 +1095,7 @@ class Cursor:
             raise StopIteration
         if self._state == _REFUSED:
             raise RuntimeError("results() is already being iterated by another consumer")
-        try:
-            self._engine._claim()
-        except RuntimeError:
-            self._state = _REFUSED
-            raise
-        self._state = _ACTIVE
+        self._engine._claim(self)
         on_start, self._on_start = self._on_start, None
         if on_start is not None:
             try:
@@ -1104,12 +1155,10 @@ class Cursor:
         if self._state != _ACTIVE:
             self._state = _DONE
             return
-        self._state = _DONE
+        unyielded = _weight(self._buffer) - self._pos
+        self._engine._release(self, terminate, unyielded)
         self._buffer.clear()
         self._pos = 0
-        self._engine._unclaim()
-        if terminate:
-            self._engine.terminate()
 
     def close(self) -> None:
         """Stop consuming; if the iteration had started and not ended, terminate the engine."""
@@ -1121,9 +1170,11 @@ class Cursor:
 
     def __del__(self) -> None:
         if self._state == _ACTIVE:
-            self._state = _DONE
             try:
-                self._engine._unclaim()
-                self._engine.terminate_soon()
+                if self._engine._lock._is_owned():  # collected under the lock: a finalizer
+                    self._state = _DONE
+                    self._engine.terminate_soon()
+                else:
+                    self._engine._release(self, True, _weight(self._buffer) - self._pos)
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to stop
                 pass
