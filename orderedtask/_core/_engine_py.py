@@ -1171,7 +1171,7 @@ class Cursor:
     def __del__(self) -> None:
         if self._state == _ACTIVE:
             try:
-                if self._engine._lock._is_owned():  # collected under the lock: a finalizer
+                if self._engine._lock._is_owned():  # type: ignore[attr-defined]  # a finalizer
                     self._state = _DONE
                     self._engine.terminate_soon()
                 else:
