@@ -45,7 +45,7 @@ class _Plan:
         window = check_window(window, default_window(MAP_WINDOW, self.workers))
         retries, retry_backoff = check_retries(retries, retry_backoff)
         runner = _core.Runner(_core.MAP, fn, retries, retry_backoff, describe)
-        self.backend: Backend = make_backend(backend, runner, None)
+        self.backend: Backend = make_backend(backend, runner, None, self.workers)
         self.engine = _core.Engine(window, _core.MAP, batch_seconds=self.backend.batch_seconds,
                                    on_terminate=self.backend.stopper())
 

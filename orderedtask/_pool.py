@@ -50,7 +50,7 @@ class Pool:
         window = check_window(window, default_window(POOL_WINDOW, workers))
         retries, retry_backoff = check_retries(retries, retry_backoff)
         runner = _core.Runner(_core.POOL, fn, retries, retry_backoff)
-        self._backend = make_backend(backend, runner, worker_init)
+        self._backend = make_backend(backend, runner, worker_init, workers)
         self._engine = _core.Engine(window, _core.POOL, key=key,
                                     batch_seconds=self._backend.batch_seconds,
                                     on_terminate=self._backend.stopper())

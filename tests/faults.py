@@ -128,7 +128,8 @@ def check_outcome(item: Item, output: Any, error: BaseException | None, *,
     elif fault == SET_THEN_RAISE:
         assert isinstance(error, ValueError)
     elif fault == ERROR_FAILS_TO_UNPICKLE:
-        assert isinstance(error, TypeError) and "could not be unpickled" in str(error), error
+        assert isinstance(error, RuntimeError) and "could not be unpickled" in str(error), error
+        assert f"StubbornError: {item.value}" in str(error), error  # what it said is kept
     elif fault in (UNPICKLABLE_INPUT, INPUT_FAILS_TO_UNPICKLE):
         assert isinstance(error, TypeError) and f"input of task" in str(error), error
     elif fault in (UNPICKLABLE_OUTPUT, OUTPUT_FAILS_TO_UNPICKLE):

@@ -54,3 +54,29 @@ def run_pool(pool, tasks: list) -> list:
     out = list(pool.results())
     producer.join()
     return out
+
+
+# -- worker functions shared by the backend tests: module level, so that worker processes and
+# subinterpreters import them by name ----------------------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def echo(workerlocal: dict, task) -> None:
+    task.output = task.input
+
+
+def failing_init(workerlocal: dict) -> None:
+    raise ValueError("no database")
+
+
+def fail_on_7(workerlocal: dict, task) -> None:
+    if task.input == 7:
+        raise KeyError("seven")
+    task.output = task.input
+
+
+def unpicklable_output(workerlocal: dict, task) -> None:
+    task.output = threading.Lock() if task.input == 2 else task.input

@@ -354,8 +354,11 @@ def test_backends_agree_about_every_field_of_a_task(no_thread_leak) -> None:
         if not isinstance(backend, str):
             backend.shutdown()
         seen[name] = out
-        stream = orderedtask.map_tasks(run_item, items, workers=2, backend=make_backend(name))
+        backend = make_backend(name)
+        stream = orderedtask.map_tasks(run_item, items, workers=2, backend=backend)
         seen[name + " map_tasks"] = [outcome(t) for t in stream]
+        if not isinstance(backend, str):
+            backend.shutdown()
     reference = seen["thread"]
     for name, out in seen.items():
         if name.endswith("map_tasks"):

@@ -12,14 +12,12 @@ import pytest
 import orderedtask
 from orderedtask import _core
 from orderedtask._backends import _executor
-from support import run_pool
+from support import echo, fail_on_7, failing_init, run_pool, square, unpicklable_output
 from orderedtask import Pool, PoolClosed, Task, WorkerDied, WorkerInitError
 
 # Functions below live at module level: worker processes import them by name.
 
 
-def square(x: int) -> int:
-    return x * x
 
 
 def square_task(workerlocal: dict, task: Task) -> None:
@@ -35,14 +33,8 @@ def remember_pid(workerlocal: dict) -> None:
     workerlocal["inits"] = workerlocal.get("inits", 0) + 1
 
 
-def failing_init(workerlocal: dict) -> None:
-    raise ValueError("no database")
 
 
-def fail_on_7(workerlocal: dict, task: Task) -> None:
-    if task.input == 7:
-        raise KeyError("seven")
-    task.output = task.input
 
 
 def die_on_13(workerlocal: dict, task: Task) -> None:
@@ -57,12 +49,8 @@ def exit_on_5(workerlocal: dict, task: Task) -> None:
     task.output = task.input
 
 
-def unpicklable_output(workerlocal: dict, task: Task) -> None:
-    task.output = threading.Lock() if task.input == 2 else task.input
 
 
-def echo(workerlocal: dict, task: Task) -> None:
-    task.output = task.input
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from ._base import Backend, TransportBackend, check_picklable
 from ._executor import ExecutorBackend
 from ._thread import ThreadBackend
 
-NAMES = ("thread", "process")
+NAMES = ("thread", "process", "interpreter")
 
 
-def make_backend(backend: object, runner: Any, worker_init: Any) -> Backend:
+def make_backend(backend: object, runner: Any, worker_init: Any, workers: int = 1) -> Backend:
     """The backend named (or the Executor given) by a ``backend=`` argument."""
     if backend == "thread":
         return ThreadBackend(runner, worker_init)
@@ -26,7 +26,17 @@ def make_backend(backend: object, runner: Any, worker_init: Any) -> Backend:
         from ._process import ProcessBackend  # multiprocessing: only for those who use it
 
         return ProcessBackend(runner, worker_init)
+    if backend == "interpreter":
+        from ._interpreter import InterpreterBackend
+
+        return InterpreterBackend(runner, worker_init, workers=workers)
     if isinstance(backend, Executor):
+        from ._interpreter import is_interpreter_executor
+
+        if is_interpreter_executor(backend):
+            from ._interpreter import InterpreterBackend
+
+            return InterpreterBackend(runner, worker_init, executor=backend)
         return ExecutorBackend(backend, runner, worker_init)
     names = " or ".join(repr(name) for name in NAMES)
     message = f"backend must be {names} or a concurrent.futures.Executor, not {backend!r}"

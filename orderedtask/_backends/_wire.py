@@ -41,9 +41,15 @@ def portable_error(error: BaseException | None) -> BaseException | None:
     if error is None:
         return None
     try:
-        pickle.loads(pickle.dumps(error, PROTOCOL))
-    except Exception:  # noqa: BLE001 - anything the pickler raises
-        return RuntimeError(f"{_describe(error)} (the exception could not be pickled)")
+        blob = pickle.dumps(error, PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - anything the pickler raises
+        return RuntimeError(f"{_describe(error)} (the exception could not be pickled: "
+                            f"{_describe(exc)})")
+    try:
+        pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - anything the unpickler raises
+        return RuntimeError(f"{_describe(error)} (the exception could not be unpickled: "
+                            f"{_describe(exc)})")
     return error
 
 
@@ -69,6 +75,8 @@ def run_packed(runner: Any, workerlocal: dict[str, Any], indices: Sequence[int],
         ran.append(position)
     outcomes = runner.run(workerlocal, [indices[p] for p in ran], values)
     for position, (output, error) in zip(ran, outcomes):
+        if error is not None:  # rare: check the round trip here, where the message is known
+            error = portable_error(error)
         try:
             packed[position] = pickle.dumps((output, error), PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - the output (or the error) does not pickle

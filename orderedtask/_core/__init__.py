@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 NO_EXTENSIONS = bool(os.environ.get("ORDEREDTASK_NO_EXTENSIONS")) or (
     sys.implementation.name != "cpython"
@@ -50,6 +50,20 @@ else:
     as_timeout = impl.as_timeout
 
 
+def make_runner(kind: int, fn: Any, retries: int = 0, backoff: float = 0.0,
+                describe: Any = None) -> Runner:
+    """What a pickled ``Runner`` becomes: a Runner of the core where it is unpickled.
+
+    (A subinterpreter cannot load the compiled core and gets the pure-Python one.)
+    """
+    return Runner(kind, fn, retries, backoff, describe)
+
+
+def make_task(cls: type | None, index: Any, input: Any) -> Task:
+    """What a pickled ``Task`` becomes: ``cls`` if it was a subclass, else this core's Task."""
+    return (Task if cls is None else cls)(index, input)
+
+
 def gil_enabled() -> bool:
     """True unless this is a free-threaded interpreter running with the GIL off."""
     check = getattr(sys, "_is_gil_enabled", None)
@@ -57,4 +71,5 @@ def gil_enabled() -> bool:
 
 
 __all__ = ["IMPLEMENTATION", "MAP", "MAX_BATCH", "NOT_READY", "NO_EXTENSIONS", "POOL", "Batch",
-           "Cursor", "Engine", "ReorderBuffer", "Runner", "Task", "as_index", "as_timeout", "gil_enabled", "impl"]
+           "Cursor", "Engine", "ReorderBuffer", "Runner", "Task", "as_index", "as_timeout",
+           "gil_enabled", "impl", "make_runner", "make_task"]

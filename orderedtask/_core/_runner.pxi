@@ -131,4 +131,7 @@ cdef class Runner:
         return outcomes
 
     def __reduce__(self):
-        return (Runner, (self.kind, self.fn, self.retries, self.backoff, self.describe))
+        # By way of the selector: the receiving side may run the other twin.
+        from orderedtask import _core
+        return (_core.make_runner, (self.kind, self.fn, self.retries, self.backoff,
+                                    self.describe))

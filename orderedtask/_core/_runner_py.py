@@ -109,4 +109,6 @@ class Runner:
         return [self.run_value(index, item) for index, item in zip(indices, items)]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Runner, (self.kind, self.fn, self.retries, self.backoff, self.describe))
+        # By way of the selector: the receiving side may run the other twin.
+        return (_selected.make_runner,
+                (self.kind, self.fn, self.retries, self.backoff, self.describe))
