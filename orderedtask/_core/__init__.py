@@ -61,7 +61,8 @@ def make_runner(kind: int, fn: Any, retries: int = 0, backoff: float = 0.0,
 
 def make_task(cls: type | None, index: Any, input: Any) -> Task:
     """What a pickled ``Task`` becomes: ``cls`` if it was a subclass, else this core's Task."""
-    return (Task if cls is None else cls)(index, input)
+    task: Task = (Task if cls is None else cls)(index, input)
+    return task
 
 
 def gil_enabled() -> bool:
