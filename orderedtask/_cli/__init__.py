@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 USAGE = """\
-usage: orderedtask {demo,map} ...
+usage: orderedtask {demo,map,kafka} ...
 
 commands:
   demo  decode a Kafka-like JSON stream in parallel, in offset order, and compare with a plain
@@ -15,6 +15,9 @@ commands:
         (the `parallel --keep-order` of Python): orderedtask map --fn MODULE:FUNCTION
         [--workers N] [--backend thread|process] [--window W] [--input FILE|-]
         [--output FILE|-] [--json] [--progress]
+  kafka consume Kafka topics in parallel, in order, committing safely (needs the kafka
+        extra): orderedtask kafka --bootstrap B --topic T --group G --fn MODULE:FUNCTION
+        [--handle MODULE:FUNCTION] [--ordering partition|key|unordered] [--workers N]
 
 `orderedtask COMMAND --help` describes a command."""
 
@@ -32,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         from ._map import main as map_command
 
         return map_command(args[1:])
-    print(f"orderedtask: unknown command {args[0]!r} (try: orderedtask demo, orderedtask map)",
-          file=sys.stderr)
+    if args[0] == "kafka":
+        try:
+            from ..kafka._cli import main as kafka_command
+        except ImportError as exc:  # confluent-kafka is missing: the message names the extra
+            print(f"orderedtask kafka: {exc}", file=sys.stderr)
+            return 2
+        return kafka_command(args[1:])
+    print(f"orderedtask: unknown command {args[0]!r} (try: orderedtask demo, orderedtask map, "
+          "orderedtask kafka)", file=sys.stderr)
     return 2
 

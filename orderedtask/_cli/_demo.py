@@ -139,6 +139,16 @@ def run(count: int, workers: int, decoder: str, window: int | None) -> int:
     return 0
 
 
+def _kafka_demo(messages: int, workers: int) -> int:
+    """The same stream through a real consumer group (orderedtask/kafka/_demo.py)."""
+    try:
+        from ..kafka._demo import run_demo
+    except ImportError:
+        print("\norderedtask demo, Kafka: skipped: pip install 'orderedtask[kafka]'")
+        return 0
+    return run_demo(messages, workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orderedtask demo", description=__doc__)
     parser.add_argument("--messages", type=int, default=300_000, help="stream length")
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--window must be >= 1")
     try:
         status = run(args.messages, args.workers, args.decoder, args.window)
+        status = max(status, _kafka_demo(args.messages, args.workers))
         sys.stdout.flush()  # a block-buffered pipe fails here, not at print()
         return status
     except BrokenPipeError:
