@@ -293,7 +293,7 @@ def test_an_executor_backend_is_used_and_left_open() -> None:
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    ({"workers": 0}, ValueError), ({"workers": 1.5}, ValueError), ({"retries": -1}, ValueError),
+    ({"workers": 0}, ValueError), ({"workers": 1.5}, TypeError), ({"retries": -1}, ValueError),
     ({"retry_backoff": -1}, ValueError), ({"backend": "gpu"}, ValueError),
 ])
 def test_bad_arguments(kwargs: dict, error: type) -> None:

@@ -133,6 +133,12 @@ cdef class Engine:
     should hold: the engine measures the cost per item and sizes batches to it.
     ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
     on, such as child processes; it must not reach the user's function).
+
+    With ``on_done`` (POOL engines), results are not ordered and no cursor takes them: each
+    finished batch is handed to ``on_done(tasks)`` on the worker thread that finished it,
+    before its keys are freed, and then leaves the engine (and the window). Termination
+    drops what is queued; a batch already taken is still handed over. If ``on_done`` raises,
+    the error is kept (``on_done_error``) and the engine terminates.
     """
 
     cdef Mutex _mutex
@@ -174,6 +180,8 @@ cdef class Engine:
     cdef bint _consumer_waiting
     cdef object _waker
     cdef object _on_terminate
+    cdef object _on_done
+    cdef object _on_done_error
     cdef object _key
     cdef unsigned long _consumer
     cdef bint _has_consumer
@@ -191,8 +199,9 @@ cdef class Engine:
     cdef object __weakref__
 
     def __init__(self, window, kind=POOL, *, key=None, batch_seconds=0.002,
-                 on_terminate=None):
+                 on_terminate=None, on_done=None):
         self._window = window
+        self._on_done = on_done
         self._kind = kind
         self._key = key
         self._keyed = key is not None
@@ -306,6 +315,11 @@ cdef class Engine:
     def yielded(self):
         """How many items the cursors yielded."""
         return load_u64(&self._yielded)
+
+    @property
+    def on_done_error(self):
+        """What ``on_done`` raised, if it did (the engine then terminated)."""
+        return self._on_done_error
 
     @property
     def cost(self):
@@ -609,7 +623,8 @@ cdef class Engine:
         Py_INCREF(item)
         slot.item = <PyObject*>item
         slot.keyhash = keyhash
-        pending_insert(self._pending, slot)
+        if self._on_done is None:  # delivered unordered: nothing to keep in index order
+            pending_insert(self._pending, slot)
         self._queue.push_back(slot)
         self._queued += 1
         if not self._outstanding:
@@ -833,6 +848,9 @@ cdef class Engine:
         cdef Slot* slot
         cdef vector[Slot*] dead
         cdef Py_ssize_t count = 0, released
+        if self._on_done is not None:
+            self._deliver(slots, keys, elapsed)
+            return
         for slot in slots:
             count += slot.weight
         waker = None
@@ -862,6 +880,44 @@ cdef class Engine:
         _drop_slots(dead)
         if waker is not None:
             _call_waker(waker)
+
+    cdef void _deliver(self, vector[Slot*]& slots, vector[Py_hash_t]& keys,
+                       double elapsed) noexcept:
+        """Delivery mode: hand the batch to on_done, then let it leave and free its keys."""
+        cdef Slot* slot
+        cdef vector[Slot*] done
+        cdef Py_ssize_t count = slots.size()
+        cdef list tasks = []
+        failure = None
+        try:
+            for slot in slots:
+                tasks.append(<object>slot.item)
+            self._on_done(tasks)
+        except BaseException as exc:
+            failure = exc
+        tasks = None
+        self._lock()
+        self._running -= count
+        self._finished += count
+        self._outstanding -= count
+        if keys.size() and not self._stopping:
+            self._free_keys(keys)
+        if elapsed > 0 and count:
+            self._learn(count, elapsed)
+        if self._queued:
+            self._wake_workers()
+        if self._producers_waiting:
+            self._room_cv.notify_all()
+        if self._closed and self._idle:
+            self._work_cv.notify_all()
+        if failure is not None and self._on_done_error is None:
+            self._on_done_error = failure  # the old value is None: nothing is dropped here
+        done.swap(slots)
+        keys.clear()
+        self._unlock()
+        _drop_slots(done)
+        if failure is not None:
+            self.terminate()
 
     cdef void _free_keys(self, vector[Py_hash_t]& keys) noexcept:
         cdef Py_hash_t keyhash
@@ -1076,12 +1132,18 @@ cdef class Engine:
             _call_waker(waker)
 
     def terminate(self):
-        """Stop now: drop every item not yet yielded; workers exit after their batch."""
+        """Stop now: drop every item not yet yielded; workers exit after their batch.
+
+        Returns how many items this call dropped.
+        """
         cdef vector[Slot*] dead
         cdef bint first
+        cdef Py_ssize_t before, count
         self._lock()
         first = not self._stopping
+        before = self._dropped
         self._terminate_locked(dead)
+        count = self._dropped - before
         waker = self._take_waker()
         self._unlock()
         _drop_slots(dead)  # outside the lock: an item's finalizer may call back in
@@ -1089,6 +1151,7 @@ cdef class Engine:
             _call_waker(waker)
         if first and self._on_terminate is not None:
             self._on_terminate()
+        return count
 
     def terminate_soon(self):
         """``terminate``, from a finalizer: on another thread if this one holds the lock."""
@@ -1115,6 +1178,8 @@ cdef class Engine:
         for i in range(self._released.size()):
             dead.push_back(self._released[i])
             self._dropped += self._released[i].weight
+        if self._on_done is not None:  # delivery mode keeps no pending run: what waits
+            self._drop_waiting(dead)
         self._queue.clear()
         self._queued = 0
         self._parked.clear()
@@ -1124,6 +1189,17 @@ cdef class Engine:
         self._released.clear()
         self._held = 0
         self._notify_all()
+
+    cdef void _drop_waiting(self, vector[Slot*]& dead) noexcept:
+        cdef size_t i
+        cdef pair[Py_hash_t, SlotDeque] parked
+        for i in range(self._queue.size()):
+            dead.push_back(self._queue[i])
+            self._dropped += self._queue[i].weight
+        for parked in self._parked:
+            for i in range(parked.second.size()):
+                dead.push_back(parked.second[i])
+                self._dropped += parked.second[i].weight
 
     def stats(self):
         """A snapshot of the counters (README, "Observability")."""

@@ -205,12 +205,21 @@ class Engine:
     should hold: the engine measures the cost per item and sizes batches to it.
     ``on_terminate()`` is called once, after ``terminate`` (it stops what the workers wait
     on, such as child processes; it must not reach the user's function).
+
+    With ``on_done`` (POOL engines), results are not ordered and no cursor takes them: each
+    finished batch is handed to ``on_done(tasks)`` on the worker thread that finished it,
+    before its keys are freed, and then leaves the engine (and the window). Termination
+    drops what is queued; a batch already taken is still handed over. If ``on_done`` raises,
+    the error is kept (``on_done_error``) and the engine terminates.
     """
 
     def __init__(self, window: int, kind: int = POOL, *,
                  key: Callable[[Any], Any] | None = None, batch_seconds: float = 0.002,
-                 on_terminate: Callable[[], Any] | None = None) -> None:
+                 on_terminate: Callable[[], Any] | None = None,
+                 on_done: Callable[[list[Any]], Any] | None = None) -> None:
         self._window = window
+        self._on_done = on_done
+        self._on_done_error: BaseException | None = None
         self._kind = kind
         self._key = key
         self._keyed = key is not None
@@ -288,6 +297,11 @@ class Engine:
     def yielded(self) -> int:
         """How many items the cursors yielded."""
         return self._yielded
+
+    @property
+    def on_done_error(self) -> BaseException | None:
+        """What ``on_done`` raised, if it did (the engine then terminated)."""
+        return self._on_done_error
 
     @property
     def cost(self) -> float:
@@ -492,14 +506,17 @@ class Engine:
     def _accept_task(self, value: int, task: Any, keyhash: int) -> None:
         slot = _Slot(value, task, keyhash)
         pending = self._pending
-        if not pending or value > pending[-1].index:
+        if self._on_done is not None:
+            pass  # delivered unordered: nothing to keep in index order
+        elif not pending or value > pending[-1].index:
             pending.append(slot)
         else:  # out of order: insert from the right, where it usually belongs
             position = len(pending) - 1
             while position >= 0 and pending[position].index > value:
                 position -= 1
             pending.insert(position + 1, slot)
-        self._pending_index[value] = slot
+        if self._on_done is None:
+            self._pending_index[value] = slot
         self._queue.append(slot)
         self._queued += 1
         if not self._outstanding:
@@ -689,6 +706,9 @@ class Engine:
 
     def _complete(self, slots: list[_Slot], keys: list[int], elapsed: float) -> None:
         """The one way a taken batch comes back."""
+        if self._on_done is not None:
+            self._deliver(slots, keys, elapsed)
+            return
         count = _weight(slots)
         waker = None
         updating = False
@@ -720,6 +740,41 @@ class Engine:
             raise
         if waker is not None:
             waker()
+
+    def _deliver(self, slots: list[_Slot], keys: list[int], elapsed: float) -> None:
+        """Delivery mode: hand the batch to on_done, then let it leave and free its keys."""
+        assert self._on_done is not None
+        failure: BaseException | None = None
+        try:
+            self._on_done([slot.item for slot in slots])
+        except BaseException as exc:  # noqa: BLE001 - kept, and the engine terminates
+            failure = exc
+        count = len(slots)
+        updating = False
+        try:
+            with self._lock:
+                updating = True
+                self._running -= count
+                self._finished += count
+                self._outstanding -= count
+                if keys and not self._stopping:
+                    self._free_keys(keys)
+                if elapsed > 0 and count:
+                    self._learn(count, elapsed)
+                if self._queued:
+                    self._wake_workers()
+                self._room.notify_all()
+                if self._closed and self._idle:
+                    self._work.notify_all()
+                if failure is not None and self._on_done_error is None:
+                    self._on_done_error = failure
+                updating = False
+        except BaseException:
+            if updating:
+                self._break()
+            raise
+        if failure is not None:
+            self.terminate()
 
     def _free_keys(self, keys: list[int]) -> None:
         for keyhash in keys:
@@ -885,13 +940,19 @@ class Engine:
         if waker is not None:
             waker()
 
-    def terminate(self) -> None:
-        """Stop now: drop every item not yet yielded; workers exit after their batch."""
+    def terminate(self) -> int:
+        """Stop now: drop every item not yet yielded; workers exit after their batch.
+
+        Returns how many items this call dropped.
+        """
         with self._lock:
             first = not self._stopping
+            before = self._dropped
             dropped = self._terminate_locked()
+            count = self._dropped - before
             waker = self._take_waker()
         self._after_terminate(first, dropped, waker)
+        return count
 
     def _after_terminate(self, first: bool, dropped: list[_Slot],
                          waker: Callable[[], Any] | None) -> None:
@@ -926,6 +987,10 @@ class Engine:
             self._terminated_head = head.labels[0] if head.labels else head.index
         dropped = list(self._pending)  # queued, parked, running and finished slots
         dropped.extend(self._released)
+        if self._on_done is not None:  # delivery mode keeps no pending run: what waits
+            dropped = list(self._queue)
+            for waiting in self._parked.values():
+                dropped.extend(waiting)
         self._dropped += _weight(dropped)
         self._queue.clear()
         self._queued = 0
