@@ -1,35 +1,40 @@
-"""Fixtures shared by the pytest-benchmark suites: the two reorder-core twins."""
+"""Fixtures shared by the pytest-benchmark suites: the two core twins."""
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import pytest
 
 TWINS = ("c", "py")
-_MODULES = {"c": "orderedtask._heapcore", "py": "orderedtask._heapcore_py"}
+_MODULES = {"c": "orderedtask._core._core_c", "py": "orderedtask._core._core_py"}
+# What the shell reads from orderedtask._core at call time (tests/support.py names the same).
+CORE_NAMES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner", "NOT_READY", "as_index")
 
 
-def load_reorder_buffer(twin: str) -> type:
-    """The ``ReorderBuffer`` class of one twin; skips the test if the compiled core is absent."""
+def load_core(twin: str) -> ModuleType:
+    """One core twin; skips the benchmark if the compiled core is absent."""
     try:
-        module = importlib.import_module(_MODULES[twin])
+        return importlib.import_module(_MODULES[twin])
     except ImportError as exc:
         pytest.skip(f"{_MODULES[twin]} is not importable ({exc}); build it with "
                     "`python setup.py build_ext --inplace`")
-    return module.ReorderBuffer
 
 
 @pytest.fixture(params=TWINS)
 def reorder_buffer(request: pytest.FixtureRequest) -> type:
     """``ReorderBuffer`` of the compiled core (id ``c``) or of the pure-Python twin (``py``)."""
-    return load_reorder_buffer(request.param)
+    cls: type = load_core(request.param).ReorderBuffer
+    return cls
 
 
 @pytest.fixture(params=TWINS)
 def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Makes every Engine (hence ``orderedtask.map`` and ``Pool``) use the chosen twin."""
-    import orderedtask._engine
+    """Makes every engine (hence ``orderedtask.map`` and ``Pool``) the chosen twin's."""
+    import orderedtask._core
 
-    monkeypatch.setattr(orderedtask._engine, "ReorderBuffer", load_reorder_buffer(request.param))
+    core = load_core(request.param)
+    for name in CORE_NAMES:
+        monkeypatch.setattr(orderedtask._core, name, getattr(core, name))
     return request.param

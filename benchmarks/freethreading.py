@@ -24,7 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # measure this checkout (its in-place build), as compare.py does
 
 import orderedtask  # noqa: E402
-from orderedtask._compat import gil_enabled  # noqa: E402
+from orderedtask._core import gil_enabled  # noqa: E402
 from orderedtask._demo import make_messages  # noqa: E402
 
 ROUNDS = 40  # transform loop length per round; calibrated to --transform-us

@@ -4,7 +4,7 @@ Two functions: a no-op (identity: pure hand-off overhead) and ``orjson.loads`` o
 JSON messages (holds the GIL, so threads cannot beat the loop on a GIL build). Rows:
 
 * ``orderedtask.map(fn, items, workers=2)``, on both reorder-core twins (ids ``c``/``py``,
-  by monkeypatching ``orderedtask._engine.ReorderBuffer``);
+  by swapping the classes ``orderedtask._core`` hands out);
 * ``orderedtask.Pool(2, ...)`` with ``Task`` objects: a producer thread calls
   ``enqueue_many`` then ``close``, the benchmark thread iterates ``results()``; both twins;
 * baselines: the plain loop (a list comprehension) and
