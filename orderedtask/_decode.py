@@ -1,4 +1,4 @@
-"""``decode``: the seed's job as one call, ordered parallel decoding of a message stream."""
+"""``decode``: the motivating job as one call, ordered parallel decoding of a message stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``orderedtask demo``: the seed's job, decoding a Kafka-like JSON stream in offset order."""
+"""``orderedtask demo``: the motivating job, decoding a Kafka-like JSON stream in offset order."""
 
 from __future__ import annotations
 
