@@ -1095,7 +1095,9 @@ class Cursor:
         # whatever escapes below them ends the iteration, like a generator's, and a Ctrl-C
         # that lands after an item was marked yielded but before it was handed over un-marks
         # it, so the watermark never covers an item the consumer did not get.
-        marked = (self._engine._watermark, self._engine._yielded)
+        buffer = self._buffer  # the mark is inline: a call here would be a point to interrupt
+        marked = (self._engine._watermark, self._engine._yielded,
+                  buffer[0] if buffer else None, self._pos)
         try:
             if self._state != _ACTIVE:
                 self._begin()
@@ -1110,7 +1112,9 @@ class Cursor:
         Raises ``StopIteration`` at the end, like ``next``. A ``NOT_READY`` poll takes
         nothing, so abandoning the wait (a cancelled ``await``) loses nothing.
         """
-        marked = (self._engine._watermark, self._engine._yielded)
+        buffer = self._buffer  # the mark is inline: a call here would be a point to interrupt
+        marked = (self._engine._watermark, self._engine._yielded,
+                  buffer[0] if buffer else None, self._pos)
         try:
             if self._state != _ACTIVE:
                 self._begin()
@@ -1119,9 +1123,14 @@ class Cursor:
             self._abandon(marked)
             raise
 
-    def _abandon(self, marked: tuple[int | None, int]) -> None:
+    def _abandon(self, marked: tuple[int | None, int, _Slot | None, int]) -> None:
+        # Undo a half-done step wholly: the item is then the cursor's to drop, not lost
+        # between "taken from the buffer" and "counted as yielded".
         if self._state == _ACTIVE:
-            self._engine._watermark, self._engine._yielded = marked
+            engine = self._engine
+            engine._watermark, engine._yielded, front, pos = marked
+            # A front popped since the mark was wholly yielded; its successor had started at 0.
+            self._pos = pos if self._buffer and self._buffer[0] is front else 0
             self._leave(terminate=True)
 
     def _step(self, waker: Callable[[], Any] | None) -> Any:
