@@ -92,6 +92,7 @@ def decode(
     messages: Iterable[bytes] | Iterable[tuple[int, bytes]],
     *,
     workers: int | None = None,
+    max_workers: int | None = None,
     decoder: str | Callable[[bytes], Any] = "auto",
     type: Any = None,
     backend: str | Executor = "thread",
@@ -106,9 +107,9 @@ def decode(
     stream goes on. ``decoder``: ``"auto"`` (orjson on the standard build, stdlib json on a
     free-threaded one, where orjson would turn the GIL back on), ``"orjson"``, ``"json"``, or a
     callable. ``type=`` decodes into typed objects (``msgspec.Struct``, dataclasses) with
-    msgspec instead of dicts.
+    msgspec instead of dicts. ``workers``/``max_workers`` as in ``map`` (default: adaptive).
     """
     loads = _loads_for(decoder, type)
     return map_tasks(loads, _with_offsets(messages), indexed=True, workers=workers,
                      window=window, backend=backend, progress=progress,
-                     describe_error=describe_decode_error)
+                     describe_error=describe_decode_error, max_workers=max_workers)

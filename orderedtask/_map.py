@@ -8,6 +8,7 @@ accepts each item as soon as it pulls it, so no item waits for the next pull.
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -15,9 +16,10 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from . import _core
+from ._adaptive import Tuner
 from ._backends import Backend, make_backend
-from ._options import (MAP_WINDOW, check_bool, check_callable, check_retries, check_window,
-                       default_window, workers_or_default)
+from ._options import (MAP_WINDOW, check_bool, check_callable, check_max_workers, check_retries,
+                       check_window, check_workers_or_adaptive, default_window)
 from ._results import Results
 from ._core import Task
 
@@ -32,34 +34,55 @@ TaskStream = Results[Task]
 
 
 class _Plan:
-    """A validated call: the engine and backend it will run on, not started yet."""
+    """A validated call: the engine and backend it will run on, not started yet.
 
-    __slots__ = ("engine", "backend", "workers")
+    ``workers=None`` is adaptive: a ``Tuner`` chooses the level, from 0 (the consumer pulls
+    and runs each item itself, as a plain loop would) up to ``max_workers``.
+    """
+
+    __slots__ = ("engine", "backend", "workers", "max_workers")
 
     def __init__(self, fn: Callable[[Any], Any], workers: int | None, window: int | None,
                  backend: object, retries: int, retry_backoff: float,
-                 describe: Callable[[int, Any, Exception], BaseException] | None = None) -> None:
+                 describe: Callable[[int, Any, Exception], BaseException] | None = None,
+                 max_workers: int | None = None) -> None:
         check_callable("fn", fn)
         check_callable("describe_error", describe, optional=True)
-        self.workers = workers_or_default(workers)
-        window = check_window(window, default_window(MAP_WINDOW, self.workers))
+        self.workers = check_workers_or_adaptive(workers)
+        self.max_workers = check_max_workers(max_workers, backend)
+        sizing = self.workers if self.workers is not None else (os.cpu_count() or 1)
+        window = check_window(window, default_window(MAP_WINDOW, sizing))
         retries, retry_backoff = check_retries(retries, retry_backoff)
         runner = _core.Runner(_core.MAP, fn, retries, retry_backoff, describe)
-        self.backend: Backend = make_backend(backend, runner, None, self.workers)
+        self.backend: Backend = make_backend(backend, runner, None, self.workers or 1)
         self.engine = _core.Engine(window, _core.MAP, batch_seconds=self.backend.batch_seconds,
                                    on_terminate=self.backend.stopper())
 
     def cursor(self, mode: int, source: Callable[[], Iterator[Any]], indexed: bool,
-               name: str, buffered: Callable[[], int] | None = None) -> Any:
+               name: str, buffered: Callable[[], int] | None = None,
+               inline: bool = True) -> Any:
         engine, backend, workers = self.engine, self.backend, self.workers
 
-        def start() -> None:
-            backend.start(engine, workers, name)
-            threading.Thread(target=engine.feed, args=(source(), indexed, buffered),
-                             name=f"{name}-feeder", daemon=True).start()
+        def start_feeder() -> None:
+            threading.Thread(target=engine.feed, name=f"{name}-feeder", daemon=True).start()
 
-        # The cursor keeps the backend alive; the workers reach it by weak reference.
-        return _core.Cursor(engine, mode, on_start=start, keepalive=backend)
+        if workers is not None:
+            def start() -> None:
+                engine.set_source(source(), indexed, buffered)
+                backend.start(engine, workers, name)
+                start_feeder()
+
+            # The cursor keeps the backend alive; the workers reach it by weak reference.
+            return _core.Cursor(engine, mode, on_start=start, keepalive=backend)
+        tuner = Tuner(engine, backend, name, self.max_workers, on_first_worker=start_feeder,
+                      inline=inline)
+
+        def start_adaptive() -> None:
+            engine.set_source(source(), indexed, buffered)
+            tuner.start()
+
+        return _core.Cursor(engine, mode, on_start=start_adaptive, keepalive=backend,
+                            helper=tuner)
 
 
 def map(
@@ -72,6 +95,7 @@ def map(
     retries: int = 0,
     retry_backoff: float = 0.0,
     progress: bool = False,
+    max_workers: int | None = None,
 ) -> Results[R]:
     """Yield ``fn(item)`` for each item, in input order, computed on ``workers`` threads.
 
@@ -79,10 +103,13 @@ def map(
     in the pool and not yet yielded (``None``: 2,048, or with the GIL off and the GC on, sized
     from the first GC threshold). An exception from ``fn`` (or from the iterable) is raised
     at that item's position, after the results before it; the work then stops.
-    ``workers`` defaults to ``os.cpu_count()``. ``retries``/``retry_backoff`` retry an item
-    whose ``fn`` raised an ``Exception``; ``progress=True`` shows a tqdm bar on stderr.
+    ``workers=None`` (the default) is adaptive: the number of workers follows the measured
+    throughput, from 0 (this thread runs each item itself, as a plain loop) up to
+    ``max_workers`` (default 64 threads, or one per CPU for other backends); an int fixes it.
+    ``retries``/``retry_backoff`` retry an item whose ``fn`` raised an ``Exception``;
+    ``progress=True`` shows a tqdm bar on stderr.
     """
-    plan = _Plan(fn, workers, window, backend, retries, retry_backoff)
+    plan = _Plan(fn, workers, window, backend, retries, retry_backoff, max_workers=max_workers)
     check_bool("progress", progress)
     source = iter(iterable)
     cursor = plan.cursor(_core.Cursor.MAP, lambda: source, False, "orderedtask-map",
@@ -102,6 +129,7 @@ def map_tasks(
     retry_backoff: float = 0.0,
     progress: bool = False,
     describe_error: Callable[[int, Any, Exception], BaseException] | None = None,
+    max_workers: int | None = None,
 ) -> TaskStream:
     """Like ``map``, but yield a ``Task`` per item and keep each item's error on its task.
 
@@ -114,7 +142,8 @@ def map_tasks(
     ``fn`` by a more telling one). A ``BaseException`` that is not an ``Exception``, and an
     error of the iterable itself, stop the stream at that position.
     """
-    plan = _Plan(fn, workers, window, backend, retries, retry_backoff, describe_error)
+    plan = _Plan(fn, workers, window, backend, retries, retry_backoff, describe_error,
+                 max_workers)
     check_bool("indexed", indexed)
     check_bool("progress", progress)
     source = iter(iterable)
@@ -132,6 +161,7 @@ def amap(
     backend: str | Executor = "thread",
     retries: int = 0,
     retry_backoff: float = 0.0,
+    max_workers: int | None = None,
 ) -> AsyncIterator[R]:
     """``map`` for asyncio: ``async for result in amap(fn, items)``; never blocks the loop.
 
@@ -140,7 +170,7 @@ def amap(
     """
     from ._aio import AsyncResults, pull_from_loop  # asyncio: only for those who use it
 
-    plan = _Plan(fn, workers, window, backend, retries, retry_backoff)
+    plan = _Plan(fn, workers, window, backend, retries, retry_backoff, max_workers=max_workers)
     if isinstance(iterable, AsyncIterable):
         import asyncio
 
@@ -155,7 +185,9 @@ def amap(
         def source() -> Iterator[Any]:
             return items
 
-    return AsyncResults(plan.cursor(_core.Cursor.MAP, source, False, "orderedtask-amap"))
+    # inline=False: the loop's thread never runs fn, whatever the level.
+    return AsyncResults(plan.cursor(_core.Cursor.MAP, source, False, "orderedtask-amap",
+                                    inline=False))
 
 
 def _buffered_hint(iterable: object) -> Callable[[], int] | None:
@@ -197,6 +229,9 @@ class _ProgressResults:
             raise
         self._count += 1
         if self._count >= PROGRESS_EVERY:
+            level = self._cursor.stats().get("level")
+            if level is not None:
+                self._bar.set_postfix(level=level, refresh=False)
             self._bar.update(self._count)
             self._count = 0
         return item

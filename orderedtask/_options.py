@@ -50,9 +50,25 @@ def check_workers(workers: object) -> int:
     return workers  # type: ignore[return-value]
 
 
-def workers_or_default(workers: object) -> int:
-    """``map``'s rule: ``None`` means one worker per CPU."""
-    return check_workers(os.cpu_count() or 1 if workers is None else workers)
+#: ``max_workers`` by default: threads mostly wait (I/O) when many pay; a process, an
+#: interpreter or an executor's worker is worth one CPU.
+THREAD_MAX_WORKERS = 64
+
+
+def check_workers_or_adaptive(workers: object) -> int | None:
+    """``workers``: an int >= 1, or None (adaptive)."""
+    return None if workers is None else check_workers(workers)
+
+
+def check_max_workers(max_workers: object, backend: object) -> int:
+    """The ceiling of adaptive concurrency: ``max_workers``, or the backend's default."""
+    if max_workers is None:
+        return THREAD_MAX_WORKERS if backend == "thread" else (os.cpu_count() or 1)
+    if not _is_int(max_workers):
+        raise TypeError(f"max_workers must be an int or None, not {type(max_workers).__name__}")
+    if max_workers <= 0:  # type: ignore[operator]
+        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+    return max_workers  # type: ignore[return-value]
 
 
 def check_window(window: object, default: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
@@ -11,9 +12,10 @@ from types import TracebackType
 from typing import Any
 
 from . import _core
+from ._adaptive import Tuner
 from ._backends import make_backend
-from ._options import (POOL_WINDOW, check_callable, check_retries, check_window, check_workers,
-                       default_window)
+from ._options import (POOL_WINDOW, check_callable, check_max_workers, check_retries,
+                       check_window, check_workers_or_adaptive, default_window)
 from ._results import Results
 from ._core import Task
 
@@ -28,12 +30,15 @@ class Pool:
     ``worker_init(workerlocal)`` runs once per worker before its first task.
     At most ``window`` tasks are accepted and not yet consumed; ``enqueue`` blocks beyond that.
     ``window=None`` means 1,024, or with the GIL off and the GC on a window sized from the
-    first GC threshold (README, "Choosing the window").
+    first GC threshold (README, "Choosing the window"). ``workers=None`` is adaptive: it
+    starts with one worker and, while ``results()`` is consumed, follows the measured
+    throughput between 0 (the consumer runs tasks itself) and ``max_workers`` (default 64
+    threads, one per CPU for other backends).
     """
 
     def __init__(
         self,
-        workers: int,
+        workers: int | None,
         fn: WorkerFn,
         *,
         window: int | None = None,
@@ -42,26 +47,40 @@ class Pool:
         key: Callable[[Task], Hashable] | None = None,
         retries: int = 0,
         retry_backoff: float = 0.0,
+        max_workers: int | None = None,
     ) -> None:
-        check_workers(workers)
+        fixed = check_workers_or_adaptive(workers)
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
         check_callable("key", key, optional=True)
-        window = check_window(window, default_window(POOL_WINDOW, workers))
+        ceiling = check_max_workers(max_workers, backend)
+        sizing = fixed if fixed is not None else (os.cpu_count() or 1)
+        window = check_window(window, default_window(POOL_WINDOW, sizing))
         retries, retry_backoff = check_retries(retries, retry_backoff)
         runner = _core.Runner(_core.POOL, fn, retries, retry_backoff)
-        self._backend = make_backend(backend, runner, worker_init, workers)
+        self._backend = make_backend(backend, runner, worker_init, fixed or 1)
         self._engine = _core.Engine(window, _core.POOL, key=key,
                                     batch_seconds=self._backend.batch_seconds,
                                     on_terminate=self._backend.stopper())
-        self._workers = workers
+        self._workers = fixed
         # The finalizer reaches the engine only (and through it the backend's stopper), never
         # fn: a pool that fn refers to is still collected, and that terminates it.
         self._finalizer = weakref.finalize(self, self._engine.terminate_soon)
-        self._threads = self._backend.start(self._engine, workers, "orderedtask")
+        self._tuner: Tuner | None = None
+        self._fixed_threads: list[threading.Thread] = []
+        if fixed is not None:
+            self._fixed_threads = self._backend.start(self._engine, fixed, "orderedtask")
+        else:  # one worker at first: tasks run even before anyone consumes
+            self._tuner = Tuner(self._engine, self._backend, "orderedtask", ceiling, start=1)
+            self._tuner.start()
 
     @property
-    def workers(self) -> int:
+    def _threads(self) -> list[threading.Thread]:
+        return self._fixed_threads if self._tuner is None else self._tuner.threads
+
+    @property
+    def workers(self) -> int | None:
+        """The fixed number of workers, or None when adaptive (``stats()["level"]``)."""
         return self._workers
 
     @property
@@ -119,7 +138,7 @@ class Pool:
         the pool is terminated. If the pool is terminated from elsewhere, ``PoolTerminated``
         is raised at the first task it can no longer yield.
         """
-        cursor: Results[Task] = _core.Cursor(self._engine, _core.Cursor.POOL)
+        cursor: Results[Task] = _core.Cursor(self._engine, _core.Cursor.POOL, helper=self._tuner)
         return cursor
 
     def aresults(self) -> AsyncIterator[Task]:
@@ -130,7 +149,9 @@ class Pool:
         """
         from ._aio import AsyncResults  # imports asyncio: only for those who use it
 
-        return AsyncResults(_core.Cursor(self._engine, _core.Cursor.POOL))
+        if self._tuner is not None:
+            self._tuner.forbid_inline()  # the loop's thread never runs fn
+        return AsyncResults(_core.Cursor(self._engine, _core.Cursor.POOL, helper=self._tuner))
 
     def close(self) -> None:
         """Stop accepting tasks; those accepted still run and are yielded. Idempotent."""
@@ -155,8 +176,10 @@ class Pool:
         return not any(thread.is_alive() for thread in self._threads)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the pool's counters."""
+        """A snapshot of the pool's counters (and, adaptive, the level and its decisions)."""
         stats: dict[str, Any] = self._engine.stats()
+        if self._tuner is not None:
+            stats.update(self._tuner.stats())
         return stats
 
     def __enter__(self) -> Pool:

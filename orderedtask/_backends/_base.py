@@ -38,22 +38,32 @@ class Backend:
 
     batch_seconds = 0.002
 
+    #: The fewest workers an adaptive pool runs: 0 where the consumer can run a batch itself.
+    min_level = 1
+
     def __init__(self, runner: Any, worker_init: WorkerInit | None) -> None:
         self.runner = runner
         self.worker_init = worker_init
+        self._started = 0
 
     @staticmethod
-    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None], worker: int) -> None:
+    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None]) -> None:
         raise NotImplementedError
 
     def start(self, engine: Any, workers: int, name: str) -> list[threading.Thread]:
+        """Start ``workers`` more worker threads (each ranks itself with ``worker_enter``)."""
         ref = weakref.ref(self)
-        threads = [threading.Thread(target=type(self).worker_main, args=(engine, ref, i),
-                                    name=f"{name}-worker-{i}", daemon=True)
+        threads = [threading.Thread(target=type(self).worker_main, args=(engine, ref),
+                                    name=f"{name}-worker-{self._started + i}", daemon=True)
                    for i in range(workers)]
+        self._started += workers
         for thread in threads:
             thread.start()
         return threads
+
+    def inline_context(self) -> tuple[Any, dict[str, Any]]:
+        """The runner and workerlocal for the consumer running a batch itself (level 0)."""
+        raise RuntimeError(f"{type(self).__name__} runs no batch in the consumer")
 
     def stopper(self) -> Callable[[], None] | None:
         """What stops this backend's workers now (terminate, finalizer), or None.
@@ -98,8 +108,8 @@ class TransportBackend(Backend):
         pass
 
     @staticmethod
-    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None], worker: int) -> None:
-        engine.worker_enter()
+    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None]) -> None:
+        worker = engine.worker_enter()
         state = STOP
         try:
             backend = backend_ref()
@@ -112,7 +122,7 @@ class TransportBackend(Backend):
                 return
             del backend
             while state is not STOP:
-                batch = engine.take()
+                batch = engine.take(worker)
                 if batch is None:
                     return
                 backend = backend_ref()

@@ -12,16 +12,26 @@ class ThreadBackend(Backend):
     """Runs batches on the engine's worker threads; ``workerlocal`` is per thread."""
 
     batch_seconds = 0.002
+    min_level = 0  # the consumer can run a batch itself: it is a thread of this process
 
     def __init__(self, runner: Any, worker_init: WorkerInit | None) -> None:
         super().__init__(runner, worker_init)
         # Filled by each worker as it starts; read by Engine.run_worker through a weak
         # reference to this backend, once per batch.
         self.workerlocals: dict[int, dict[str, Any]] = {}
+        self._inline: tuple[Any, dict[str, Any]] | None = None
+
+    def inline_context(self) -> tuple[Any, dict[str, Any]]:
+        if self._inline is None:  # the consumer's own workerlocal, set up on first use
+            workerlocal: dict[str, Any] = {}
+            if self.worker_init is not None:
+                self.worker_init(workerlocal)
+            self._inline = (self.runner, workerlocal)
+        return self._inline
 
     @staticmethod
-    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None], worker: int) -> None:
-        engine.worker_enter()
+    def worker_main(engine: Any, backend_ref: Callable[[], Backend | None]) -> None:
+        worker = engine.worker_enter()
         try:
             backend = backend_ref()
             if not isinstance(backend, ThreadBackend):

@@ -13,7 +13,7 @@ commands:
         [--decoder auto|orjson|json]
   map   apply MODULE:FUNCTION to each input line on several workers, results in input order
         (the `parallel --keep-order` of Python): orderedtask map --fn MODULE:FUNCTION
-        [--workers N] [--backend thread|process] [--window W] [--input FILE|-]
+        [--workers N | --max-workers N] [--backend thread|process] [--window W] [--input FILE|-]
         [--output FILE|-] [--json] [--progress]
   kafka consume Kafka topics in parallel, in order, committing safely (needs the kafka
         extra): orderedtask kafka --bootstrap B --topic T --group G --fn MODULE:FUNCTION

@@ -296,7 +296,10 @@ class Progress(threading.Thread):
         engine = self.engine
         if engine is not None:
             try:
-                postfix["reorder"] = engine.stats()["reorder_depth"]
+                stats = engine.stats()
+                postfix["reorder"] = stats["reorder_depth"]
+                if "max_workers" in stats:  # adaptive: the level it runs at now
+                    postfix["workers"] = stats["level"]
             except Exception:  # noqa: BLE001 - the display must never stop the run
                 pass
         if counters.failed:
@@ -344,8 +347,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fn", required=True, metavar="MODULE:FUNCTION",
                         help="the function to apply, e.g. mypkg.clean:fix_line (a module in "
                              "the current directory is found)")
-    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
-                        metavar="N", help="parallel workers (default: the CPU count, %(default)s)")
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="a fixed number of parallel workers (default: adaptive, from 0 - "
+                             "this process runs each line itself - up to --max-workers, "
+                             "following the measured throughput)")
+    parser.add_argument("--max-workers", type=_positive_int, default=None, metavar="N",
+                        help="the most workers adaptive concurrency starts (default: 64 "
+                             "threads, or one process per CPU)")
     parser.add_argument("--backend", choices=["thread", "process"], default="thread",
                         help="thread (default) or process: one worker process each, for work "
                              "that holds the GIL")
@@ -419,7 +427,8 @@ def run(line_fn: LineFunction, in_fd: int, writer: Writer, args: argparse.Namesp
     counters = Counters()
     try:
         results = map_tasks(line_fn, LineReader(in_fd, counters), workers=args.workers,
-                            window=args.window, backend=args.backend)
+                            window=args.window, backend=args.backend,
+                            max_workers=args.max_workers)
     except (TypeError, ValueError) as exc:  # e.g. the process backend cannot pickle --fn
         raise UsageError(f"--fn {args.fn}: {_one_line(exc)}") from None
     progress = Progress(counters) if args.progress else None

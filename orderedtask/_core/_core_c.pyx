@@ -47,6 +47,7 @@ cdef extern from "_engine.h" namespace "ot" nogil:
     void store_u64(uint64_t*, uint64_t)
     uint64_t load_u64(const uint64_t*)
     void store_int(int*, int)
+    void bump_ssize(Py_ssize_t*)
     int load_int(const int*)
 
     enum SlotState:

@@ -58,6 +58,10 @@ static inline double monotonic(void) {
 static inline void store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+/* A counter with one writer at a time, read under the mutex by others (Cursor._bypass). */
+static inline void bump_ssize(Py_ssize_t *p) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+}
 static inline int load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
 /* One accepted item (a Pool's task) or, in a map engine, a chunk of consecutive items that

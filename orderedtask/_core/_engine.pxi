@@ -24,6 +24,9 @@ cdef unsigned long _main_thread = threading.main_thread().ident
 #: How many items the feeder pulls at once from a source whose pulls never block.
 PULL_BATCH = 256
 cdef Py_ssize_t _PULL_BATCH = 256
+#: A level that parks no worker (fixed pools).
+UNLIMITED = sys.maxsize
+cdef Py_ssize_t _UNLIMITED = sys.maxsize
 # Iterators whose next() never waits for anything: the feeder may pull many in a row.
 cdef frozenset NEVER_BLOCKING = frozenset(type(iter(items)) for items in (
     [], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(), {}.items(), set(),
@@ -46,6 +49,7 @@ class _NotReady:
 
 #: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
 NOT_READY = _NotReady()
+cdef object _NOTHING = object()  # Cursor._bypass: not possible now
 
 # Why a producer or consumer call is refused; raised after the mutex is released.
 cdef enum Refusal:
@@ -65,6 +69,8 @@ cdef enum Found:
     STOPPED
     NOTHING_YET
     FAILED  # an exception is set
+    INLINE  # level 0: a batch for the consumer to run is in cursor._inline
+    PULL    # level 0, nothing in flight: the consumer may pull the source itself
 
 # Cursor states.
 cdef enum CursorState:
@@ -188,6 +194,15 @@ cdef class Engine:
     cdef unsigned long _feeder
     cdef bint _has_feeder
     cdef Py_ssize_t _live
+    cdef Py_ssize_t _ranks                             # worker_enter hands out 0, 1, 2...
+    cdef Py_ssize_t _level                             # ranks below it take work; 0: consumer
+    cdef Cond _feed_cv                                 # the feeder parks here at level 0
+    cdef Cond _parked_cv                               # workers ranked at or above the level
+    cdef object _source
+    cdef bint _indexed
+    cdef object _buffered
+    cdef bint _source_consumer                         # the consumer may pull the source now
+    cdef bint _consumer_pulling                        # ... and is pulling one (_claim_pull)
     cdef Py_ssize_t _max_batch
     cdef double _cost
     cdef double _started
@@ -208,6 +223,7 @@ cdef class Engine:
         self._batch_seconds = batch_seconds
         self._on_terminate = on_terminate
         self._next_batch = 1
+        self._level = UNLIMITED
         self._max_batch = 1  # until a batch is measured, items may be slow: spread them out
         self._started = monotonic()
         self._progress_time = self._started
@@ -315,6 +331,16 @@ cdef class Engine:
     def yielded(self):
         """How many items the cursors yielded."""
         return load_u64(&self._yielded)
+
+    @property
+    def level(self):
+        """How many workers may take work (``set_level``); 0: the consumer runs it itself."""
+        return self._level
+
+    @property
+    def completed(self):
+        """How many items were finished so far (the rate a concurrency controller reads)."""
+        return self._finished
 
     @property
     def on_done_error(self):
@@ -426,31 +452,49 @@ cdef class Engine:
             self._raise_refusal(refusal, values[done], last, seconds)
         return done
 
-    def feed(self, source, indexed=False, buffered=None):
-        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
+    def set_source(self, source, indexed=False, buffered=None):
+        """A MAP engine's items: ``feed`` pulls them on the feeder thread (and, at level 0,
+        the consumer pulls them itself). ``indexed``: the source yields ``(index, item)``
+        pairs; ``buffered()``: how many items it can give now without blocking."""
+        self._lock()
+        old = (self._source, self._buffered)  # dropped after the unlock
+        self._source = source
+        self._indexed = indexed
+        self._buffered = buffered
+        self._source_consumer = self._level == 0
+        self._unlock()
+        old = None
+
+    def feed(self):
+        """Pull the source into the engine until it ends, then close: the feeder thread's job.
 
         Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
         are pulled one at a time, or up to ``PULL_BATCH`` at once when no pull can block (a
         list, tuple, range, str, bytes, dict or set iterator) or ``buffered()`` says how many
-        are ready. Items are indexed by position, or with ``indexed`` the source yields
-        ``(index, item)`` pairs. Whatever ends the feed early (the source raising, a malformed
-        pair, an index the engine refuses) closes the engine with that error, which the
-        consumer raises after every item before it; termination ends the feed quietly.
+        are ready. Whatever ends the feed early (the source raising, a malformed pair, an
+        index the engine refuses) closes the engine with that error, which the consumer
+        raises after every item before it; termination ends the feed quietly. At level 0 the
+        feeder parks and leaves the source to the consumer.
         """
         cdef uint64_t position = 0
         cdef vector[uint64_t] labels
         cdef list items
         cdef Py_ssize_t want, accepted
-        cdef bint never_blocks = type(source) in NEVER_BLOCKING
-        cdef bint ended = False
+        cdef bint never_blocks, indexed, ended = False
         cdef Refusal refusal
         cdef PyObject* pulled
         failure = None
         self._lock()
         self._feeder = PyThread_get_thread_ident()
         self._has_feeder = True
+        source, indexed, buffered = self._source, self._indexed, self._buffered
         self._unlock()
+        if source is None:
+            raise RuntimeError("feed() needs set_source() first")
+        never_blocks = type(source) in NEVER_BLOCKING
         while not ended and failure is None:
+            if not self._may_pull(&position):
+                return
             want = _PULL_BATCH if never_blocks else 1
             if buffered is not None and not never_blocks:
                 try:
@@ -481,7 +525,6 @@ cdef class Engine:
             if not PyList_GET_SIZE(items):
                 break
             refusal = self._append_run(items, &labels if indexed else NULL, -1.0, &accepted)
-            position += accepted
             if refusal == CLOSED and load_int(&self._closed):
                 return  # terminated, or a worker failed to start: nobody wants more
             if refusal != OK:
@@ -490,6 +533,22 @@ cdef class Engine:
                 except BaseException as exc:
                     failure = exc
         self.close(failure)
+
+    cdef bint _may_pull(self, uint64_t* position) noexcept:
+        """The feeder, before each pull: park while the level is 0; False once closed."""
+        cdef bint open_
+        self._lock()
+        while (self._level == 0 or self._consumer_pulling) and not self._closed:
+            if not self._source_consumer:
+                self._source_consumer = True  # the consumer may be waiting for this
+                if self._consumer_waiting:
+                    self._results_cv.notify_one()
+            self._wait(&self._feed_cv, -1.0)  # the feeder is never the main thread
+        self._source_consumer = False
+        position[0] = self._next_position
+        open_ = not self._closed
+        self._unlock()
+        return open_
 
     cdef Refusal _append_run(self, list items, vector[uint64_t]* labels, double timeout,
                              Py_ssize_t* accepted) noexcept:
@@ -657,19 +716,54 @@ cdef class Engine:
     cdef void _wake_workers(self) noexcept:
         # One idle worker per batch's worth of queued work not already promised to a woken
         # one: a lone item wakes a worker even while others run slow items, and a fast
-        # producer does not turn into a notify per item.
+        # producer does not turn into a notify per item. At level 0 the worker is the consumer.
+        if not self._level:
+            if self._consumer_waiting:
+                self._results_cv.notify_one()
+            return
         if self._idle > self._wakeups and self._queued > self._wakeups * self._max_batch:
             self._wakeups += 1
             self._work_cv.notify_one()
 
     # -- workers -------------------------------------------------------------------------
 
+    def set_level(self, level):
+        """Let the workers ranked below ``level`` take work; park the others.
+
+        At 0 no worker takes work: the consumer runs queued batches itself, and (map engines)
+        pulls and runs the source's items itself once the feeder parks. Batches already taken
+        run to their end.
+        """
+        cdef Py_ssize_t value = level
+        if value < 0:
+            raise ValueError(f"level must be >= 0, got {level}")
+        self._lock()
+        self._level = value
+        self._wakeups = 0
+        self._work_cv.notify_all()
+        self._parked_cv.notify_all()
+        if value > 0:
+            self._source_consumer = False
+            self._feed_cv.notify_all()
+        elif not self._has_feeder:  # no feeder to park: the source is the consumer's now
+            self._source_consumer = True
+        if value == 0 and self._queued and self._consumer_waiting:
+            self._results_cv.notify_one()
+        self._unlock()
+
     def worker_enter(self):
-        """A worker thread starts: count it, and know it (it must never wait for room)."""
+        """A worker thread starts: count it, know it (it must never wait for room), rank it.
+
+        Returns its rank: workers ranked at or above the level park.
+        """
+        cdef Py_ssize_t rank
         self._lock()
         self._owned.push_back(PyThread_get_thread_ident())
         self._live += 1
+        rank = self._ranks
+        self._ranks += 1
         self._unlock()
+        return rank
 
     def worker_exit(self):
         """A worker thread ends; the last one fails what no worker is left to run."""
@@ -730,16 +824,20 @@ cdef class Engine:
         self._parked_count = 0
         batch._open = True
 
-    def take(self):
-        """Wait for work and take a batch; None when the worker should exit."""
+    def take(self, worker=0):
+        """Wait for work and take a batch; None when the worker should exit.
+
+        ``worker`` is the rank ``worker_enter`` gave: at or above the level, it waits.
+        """
         cdef Batch batch = Batch.__new__(Batch)
         batch._engine = self
-        if not self._take(batch._slots, batch._keys):
+        if not self._take(worker, batch._slots, batch._keys):
             return None
         batch._open = True
         return batch
 
-    cdef bint _take(self, vector[Slot*]& slots, vector[Py_hash_t]& keys) noexcept:
+    cdef bint _take(self, Py_ssize_t worker, vector[Slot*]& slots,
+                    vector[Py_hash_t]& keys) noexcept:
         """Wait (GIL released) for work; True with a batch in ``slots``, False to exit."""
         cdef Py_ssize_t limit
         self._lock()
@@ -747,7 +845,7 @@ cdef class Engine:
             if self._stopping:
                 self._unlock()
                 return False
-            if self._queued:
+            if self._queued and worker < self._level:
                 limit = self._max_batch
                 if self._idle:  # leave a fair share for the idle workers
                     limit = min(limit, (self._queued + self._idle) // (self._idle + 1))
@@ -758,9 +856,12 @@ cdef class Engine:
                     self._unlock()
                     return True
                 continue  # every queued item was parked behind a running key
-            if self._closed and not self._parked_count:
+            if self._closed and not self._parked_count and not self._queued:
                 self._unlock()
                 return False
+            if worker >= self._level:  # parked: only set_level (or the end) wakes it
+                self._wait(&self._parked_cv, -1.0)
+                continue
             self._idle += 1
             self._wait(&self._work_cv, -1.0)  # workers are never the main thread
             self._idle -= 1
@@ -875,6 +976,8 @@ cdef class Engine:
                 waker = self._take_waker()
             if self._closed and self._idle:
                 self._work_cv.notify_all()  # workers waiting for parked keys may now exit
+            if self._closed and not self._queued and self._level < _UNLIMITED:
+                self._parked_cv.notify_all()  # parked workers: nothing left, exit
         keys.clear()
         self._unlock()
         _drop_slots(dead)
@@ -970,52 +1073,90 @@ cdef class Engine:
         """
         cdef vector[Slot*] slots
         cdef vector[Py_hash_t] keys
-        cdef Runner runner
-        cdef Slot* slot
-        cdef PyObject* error
-        cdef Py_ssize_t i
-        cdef double started
-        cdef Batch batch
-        cdef bint labelled
-        while self._take(slots, keys):
+        while self._take(worker, slots, keys):
             try:
                 context = context_ref()
                 if context is None:  # the pool was garbage-collected: nobody will consume
                     self.terminate()
                     self._complete(slots, keys, 0.0)  # terminated: this only counts it back
                     return
-                runner = <Runner?>context.runner
+                runner = context.runner
                 workerlocal = context.workerlocals[worker]
                 context = None
-                started = monotonic()
-                if self._kind == _POOL:
-                    for slot in slots:
-                        runner._run_task(workerlocal, <object>slot.item)
-                else:
-                    for slot in slots:
-                        _size_outcomes(slot)
-                        labelled = not slot.labels.empty()
-                        for i in range(slot.weight):
-                            error = NULL
-                            slot.outputs[i] = runner._run_value(
-                                slot.labels[i] if labelled else slot.index + i,
-                                <object>slot.items[i], &error)
-                            if error != NULL:
-                                if slot.errors.empty():
-                                    slot.errors.assign(slot.weight, NULL)
-                                slot.errors[i] = error
-                runner = None
-                workerlocal = None
             except BaseException as exc:  # whatever broke, the batch fails
-                batch = Batch.__new__(Batch)
-                batch._engine = self
-                batch._slots.swap(slots)
-                batch._keys.swap(keys)
-                batch._open = True
-                self.fail(batch, exc)
-                batch = None
+                self._fail_taken(slots, keys, exc)
                 continue
-            self._complete(slots, keys, monotonic() - started)
+            self._run_taken(slots, keys, runner, workerlocal)
+            runner = workerlocal = None
+
+    cdef void _run_taken(self, vector[Slot*]& slots, vector[Py_hash_t]& keys, object runner,
+                         object workerlocal) noexcept:
+        """Run a taken batch (a worker's, or the consumer's at level 0) and complete it."""
+        cdef double started = monotonic()
+        try:
+            self._run_slots(slots, <Runner?>runner, workerlocal)
+        except BaseException as exc:  # whatever broke, the batch fails
+            self._fail_taken(slots, keys, exc)
+            return
+        self._complete(slots, keys, monotonic() - started)
+
+    cdef void _fail_taken(self, vector[Slot*]& slots, vector[Py_hash_t]& keys,
+                          object error) noexcept:
+        cdef Batch batch = Batch.__new__(Batch)
+        batch._engine = self
+        batch._slots.swap(slots)
+        batch._keys.swap(keys)
+        batch._open = True
+        try:
+            self.fail(batch, error)
+        except BaseException:
+            _unraisable(self)
+
+    cdef int _run_slots(self, vector[Slot*]& slots, Runner runner,
+                        object workerlocal) except -1:
+        cdef Slot* slot
+        cdef PyObject* error
+        cdef Py_ssize_t i
+        cdef bint labelled
+        if self._kind == _POOL:
+            for slot in slots:
+                runner._run_task(workerlocal, <object>slot.item)
+            return 0
+        for slot in slots:
+            _size_outcomes(slot)
+            labelled = not slot.labels.empty()
+            for i in range(slot.weight):
+                error = NULL
+                slot.outputs[i] = runner._run_value(
+                    slot.labels[i] if labelled else slot.index + i,
+                    <object>slot.items[i], &error)
+                if error != NULL:
+                    if slot.errors.empty():
+                        slot.errors.assign(slot.weight, NULL)
+                    slot.errors[i] = error
+        return 0
+
+    cdef bint _claim_pull(self, uint64_t* position) noexcept:
+        """Level 0, a map engine with nothing in flight: the consumer may pull one item."""
+        cdef bint ok
+        self._lock()
+        ok = (self._level == 0 and self._source_consumer and self._source is not None
+              and not self._consumer_pulling and self._pending.empty()
+              and self._released.empty() and not self._closed)
+        if ok:
+            self._consumer_pulling = True
+            position[0] = self._next_position
+        self._unlock()
+        return ok
+
+    cdef void _end_pull(self, uint64_t position) noexcept:
+        """The consumer stops pulling; ``position`` is the next item's."""
+        self._lock()
+        self._next_position = position
+        self._consumer_pulling = False
+        if self._level > 0:
+            self._feed_cv.notify_all()
+        self._unlock()
 
     # -- the consumer (through Cursor) ---------------------------------------------------
 
@@ -1052,12 +1193,13 @@ cdef class Engine:
         self._unlock()
         old = None
 
-    cdef Found _next_released(self, Cursor cursor, object waker) noexcept:
+    cdef Found _next_released(self, Cursor cursor, object waker, bint inline) noexcept:
         """Move the released slots into ``cursor``; see Found for the outcomes.
 
         ``cursor._credit`` items were consumed since the last call: they leave the window.
         With ``waker``, returns NOTHING_YET instead of waiting and calls ``waker`` once
-        something changes.
+        something changes. With ``inline`` at level 0, takes a queued batch for the consumer
+        to run (INLINE) instead of waiting for workers that are parked.
         """
         cdef Found found = GOT
         cdef Refusal refusal
@@ -1082,6 +1224,18 @@ cdef class Engine:
             if self._closed and self._pending.empty():
                 found = END
                 break
+            if inline and self._level == 0:
+                if self._queued:
+                    self._take_slots(self._max_batch, cursor._inline_slots,
+                                     cursor._inline_keys)
+                    if not cursor._inline_slots.empty():
+                        found = INLINE
+                        break
+                    continue  # every queued item was parked behind a running key
+                if (self._source_consumer and self._source is not None
+                        and self._pending.empty()):
+                    found = PULL  # the same test as _claim_pull's
+                    break
             if waker is not None:
                 old = self._waker
                 self._waker = waker
@@ -1114,6 +1268,8 @@ cdef class Engine:
         self._work_cv.notify_all()
         self._room_cv.notify_all()
         self._results_cv.notify_all()
+        self._parked_cv.notify_all()
+        self._feed_cv.notify_all()
 
     def close(self, error=None):
         """Accept nothing more; accepted items still run and are yielded. Idempotent.
@@ -1205,7 +1361,7 @@ cdef class Engine:
         """A snapshot of the counters (README, "Observability")."""
         cdef double now, elapsed, wait = 0.0, cost
         cdef Py_ssize_t accepted, finished, queued, running, held, pending, released
-        cdef Py_ssize_t outstanding, dropped, live, batch
+        cdef Py_ssize_t outstanding, dropped, live, batch, level
         cdef uint64_t head = 0
         cdef int closed
         cdef size_t i
@@ -1220,6 +1376,7 @@ cdef class Engine:
         for i in range(self._released.size()):
             released += self._released[i].weight
         outstanding, dropped, live = self._outstanding, self._dropped, self._live
+        level = self._level
         batch, cost, closed = self._max_batch, self._cost, self._closed
         if not self._pending.empty():
             slot = self._pending.front()
@@ -1247,6 +1404,7 @@ cdef class Engine:
             "closed": bool(closed),
             "dropped": dropped,
             "workers": live,
+            "level": level if level < _UNLIMITED else live,
             "batch": batch,
             "seconds_per_item": cost,
         }
@@ -1453,9 +1611,18 @@ cdef class Cursor:
     cdef int _state
     cdef object _on_start
     cdef object _keepalive
+    cdef object _helper             # adaptive concurrency: tunes the level, runs work at 0
+    cdef Py_ssize_t _untuned        # items the consumer pulled itself since the last tune
+    cdef Py_ssize_t _tune_every     # ... and how many it may pull before the next (tune says)
+    cdef vector[Slot*] _inline_slots  # level 0: the batch the consumer runs itself
+    cdef vector[Py_hash_t] _inline_keys
+    cdef bint _pulling              # level 0: this cursor holds the claim on the source
+    cdef uint64_t _pull_next        # ... and the next item's position
+    cdef object _inline_runner      # helper.inline_context(), taken once
+    cdef object _inline_local
     cdef object __weakref__
 
-    def __init__(self, engine, mode, on_start=None, keepalive=None):
+    def __init__(self, engine, mode, on_start=None, keepalive=None, helper=None):
         if mode != 0 and mode != 1 and mode != 2:
             raise ValueError(f"mode must be Cursor.POOL, MAP or MAP_TASKS, not {mode!r}")
         self._engine = <Engine?>engine
@@ -1463,8 +1630,15 @@ cdef class Cursor:
         self._state = NEW
         self._on_start = on_start
         self._keepalive = keepalive  # what the workers reach by weak reference
+        # With a helper (adaptive concurrency), the consumer runs work itself at level 0:
+        # helper.inline_context() gives (runner, workerlocal), helper.tune(completed) is
+        # shown the progress every refill (and, for items run here, as often as it asks).
+        self._helper = helper
+        self._tune_every = 1
 
     def __dealloc__(self):
+        if self._engine is not None:
+            self._fold()
         if self._engine is not None and self._state == ACTIVE:
             self._state = FINISHED
             self._engine._unclaim(self._unyielded())
@@ -1535,8 +1709,26 @@ cdef class Cursor:
                 self._pos = 0
                 self._spend(slot)
                 continue
-            found = engine._next_released(self, waker)
+            helper = self._helper
+            if helper is not None:
+                if waker is None and self._mode != 0:
+                    self._untuned += 1
+                    if self._untuned >= self._tune_every:
+                        self._untuned = 0
+                        self._fold()
+                        self._tune_every = helper.tune(engine._finished)
+                    value = self._bypass()
+                    if value is not _NOTHING:
+                        return value
+                    self._fold()
+                helper.tune(engine._finished)
+            found = engine._next_released(self, waker, helper is not None and waker is None)
             if found == GOT:
+                continue
+            if found == INLINE:
+                self._run_inline()
+                continue
+            if found == PULL:
                 continue
             if found == FAILED:
                 self._leave(True)
@@ -1580,11 +1772,77 @@ cdef class Cursor:
         _clear_slot(slot)
         self._spent.push_back(slot)
 
+    cdef void _run_inline(self) noexcept:
+        """Level 0: run the batch _next_released took, here, as a worker would."""
+        cdef Engine engine = self._engine
+        try:
+            runner, workerlocal = self._helper.inline_context()
+        except BaseException as exc:  # worker_init failed here: the batch and the pool fail
+            engine._fail_taken(self._inline_slots, self._inline_keys, exc)
+            try:
+                engine.fail_init(exc)
+            except BaseException:
+                _unraisable(self)
+            return
+        engine._run_taken(self._inline_slots, self._inline_keys, runner, workerlocal)
+
+    cdef object _bypass(self):
+        """Level 0, a map engine with nothing in flight: pull, run and yield one item here,
+        the way a plain loop would, with no slot and no other thread. The claim on the
+        source lasts until the next reading (``_fold``); the consumer is then the only
+        writer of the counters it bumps."""
+        cdef Engine engine = self._engine
+        cdef uint64_t position, label
+        cdef PyObject* pulled
+        cdef PyObject* output
+        cdef PyObject* error = NULL
+        if not self._pulling:
+            if not engine._claim_pull(&position):
+                return _NOTHING
+            self._pulling = True
+            self._pull_next = position
+            if self._inline_runner is None:  # before the pull: a failure loses nothing
+                try:
+                    self._inline_runner, self._inline_local = self._helper.inline_context()
+                except BaseException:
+                    self._fold()
+                    raise
+        position = self._pull_next
+        pulled = PyIter_Next(engine._source)
+        if pulled == NULL:
+            failure = _taken_exception() if PyErr_Occurred() != NULL else None
+            self._fold()
+            engine.close(failure)  # raised at its position, as the feeder's would be
+            return _NOTHING
+        item = <object>pulled
+        Py_DECREF(item)  # ``item`` holds it now
+        label = position
+        if engine._indexed:
+            try:
+                label = _index_of_pair(item, position)
+            except BaseException as exc:
+                self._fold()
+                engine.close(exc)
+                return _NOTHING
+            item = (<tuple>item)[1]
+        self._pull_next = position + 1
+        bump_ssize(&engine._accepted)
+        output = (<Runner>self._inline_runner)._run_value(label, item, &error)
+        bump_ssize(&engine._finished)
+        return self._expand_value(label, item, output, error)
+
+    cdef void _fold(self) noexcept:
+        # End the claim on the source: the feeder (or the next claim) goes on from here.
+        if self._pulling:
+            self._pulling = False
+            self._engine._end_pull(self._pull_next)
+
     cdef object _expand(self, Slot* slot, Py_ssize_t position):
         # What the consumer sees of one item, and the watermark moving past it.
         cdef int mode = self._mode
         cdef uint64_t index
         cdef PyObject* output
+        cdef PyObject* taken = NULL
         if mode == 0:  # POOL
             task = <object>slot.item
             Py_DECREF(task)  # ``task`` holds it now
@@ -1596,29 +1854,41 @@ cdef class Cursor:
             self._mark(slot.index)
             return task
         index = slot.labels[position] if not slot.labels.empty() else slot.index + position
-        if not slot.errors.empty() and slot.errors[position] != NULL:
-            error = <object>slot.errors[position]
-            if mode == 1 or not isinstance(error, Exception):
-                self._leave(True)
-                if mode == 1 and isinstance(error, StopIteration):
-                    # It would end the caller's loop silently.
-                    raise RuntimeError("fn raised StopIteration") from error
-                raise error
-        else:
-            error = None
+        if not slot.errors.empty():
+            taken = slot.errors[position]
+            slot.errors[position] = NULL
         output = slot.outputs[position]
         slot.outputs[position] = NULL
+        item = <object>slot.items[position]  # a reference of its own: _leave drops the slot
+        return self._expand_value(index, item, output, taken)
+
+    cdef object _expand_value(self, uint64_t index, object item, PyObject* output,
+                              PyObject* error):
+        # A MAP item's outcome (``output`` and ``error``: new references, or NULL) as the
+        # consumer sees it.
+        cdef int mode = self._mode
         if output == NULL:  # only with an error: a run sets every output
             output_object = None
         else:
             output_object = <object>output
             Py_DECREF(output_object)  # ``output_object`` holds it now
+        if error != NULL:
+            error_object = <object>error
+            Py_DECREF(error_object)
+            if mode == 1 or not isinstance(error_object, Exception):
+                self._leave(True)
+                if mode == 1 and isinstance(error_object, StopIteration):
+                    # It would end the caller's loop silently.
+                    raise RuntimeError("fn raised StopIteration") from error_object
+                raise error_object
+        else:
+            error_object = None
         self._mark(index)
         if mode == 1:  # MAP
             return output_object
-        task = Task(index, <object>slot.items[position])  # MAP_TASKS
+        task = Task(index, item)  # MAP_TASKS
         (<Task>task).output = output_object
-        (<Task>task).error = error
+        (<Task>task).error = error_object
         return task
 
     cdef inline void _mark(self, uint64_t index) noexcept:
@@ -1651,6 +1921,7 @@ cdef class Cursor:
         raise StopIteration
 
     cdef void _leave(self, bint terminate) noexcept:
+        self._fold()
         if self._state != ACTIVE:
             self._state = FINISHED
             return
@@ -1668,5 +1939,8 @@ cdef class Cursor:
         self._leave(True)
 
     def stats(self):
-        """The engine's counters."""
-        return self._engine.stats()
+        """The engine's counters (with a helper: the level and its decisions too)."""
+        stats = self._engine.stats()
+        if self._helper is not None:
+            stats.update(self._helper.stats())
+        return stats

@@ -35,6 +35,7 @@ left half-changed: every call either takes effect, or not at all, or terminates 
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -82,6 +83,12 @@ NEVER_BLOCKING = frozenset(type(iter(items)) for items in _SOURCES) | {
 #: ``Cursor.poll`` returns this when nothing is released yet (the waker will be called).
 NOT_READY: Any = type("NotReady", (), {"__slots__": (), "__repr__": lambda self: "NOT_READY"})()
 _STOPPED = object()  # _next_released: the engine was terminated
+_NOTHING = object()  # Cursor._bypass: not possible now
+_PULL = object()  # _next_released: level 0, nothing in flight: the consumer pulls itself
+# Who may pull the source of a map engine.
+_FEEDER, _CONSUMER = "feeder", "consumer"
+#: A level that parks no worker (fixed pools).
+UNLIMITED = sys.maxsize
 
 # Cursor states.
 _NEW, _ACTIVE, _DONE, _REFUSED = range(4)
@@ -258,6 +265,15 @@ class Engine:
         self._feeder: int | None = None
         self._owned: set[int] = set()
         self._live = 0
+        self._ranks = 0  # worker_enter hands out 0, 1, 2...
+        self._level = UNLIMITED  # workers ranked below it take work; 0: the consumer runs it
+        self._feed = threading.Condition(self._lock)  # the feeder waits here at level 0
+        self._parked_cv = threading.Condition(self._lock)  # workers ranked above the level
+        self._source: Iterator[Any] | None = None
+        self._indexed = False
+        self._buffered: Callable[[], int] | None = None
+        self._source_owner = _FEEDER
+        self._consumer_pulling = False
         self._max_batch = 1  # until a batch is measured, items may be slow: spread them out
         self._cost = 0.0
         self._started = monotonic()
@@ -297,6 +313,16 @@ class Engine:
     def yielded(self) -> int:
         """How many items the cursors yielded."""
         return self._yielded
+
+    @property
+    def level(self) -> int:
+        """How many workers may take work (``set_level``); 0: the consumer runs it itself."""
+        return self._level
+
+    @property
+    def completed(self) -> int:
+        """How many items were finished so far (the rate a concurrency controller reads)."""
+        return self._finished
 
     @property
     def on_done_error(self) -> BaseException | None:
@@ -381,25 +407,39 @@ class Engine:
             raise
         return done
 
-    def feed(self, source: Iterator[Any], indexed: bool = False,
-             buffered: Callable[[], int] | None = None) -> None:
-        """Pull ``source`` into the engine until it ends, then close: the feeder thread's job.
+    def set_source(self, source: Iterator[Any], indexed: bool = False,
+                   buffered: Callable[[], int] | None = None) -> None:
+        """A MAP engine's items: ``feed`` pulls them on the feeder thread (and, at level 0,
+        the consumer pulls them itself). ``indexed``: the source yields ``(index, item)``
+        pairs; ``buffered()``: how many items it can give now without blocking."""
+        with self._lock:
+            self._source = source
+            self._indexed = indexed
+            self._buffered = buffered
+            self._source_owner = _CONSUMER if self._level == 0 else _FEEDER
+
+    def feed(self) -> None:
+        """Pull the source into the engine until it ends, then close: the feeder thread's job.
 
         Each item is accepted as soon as it is pulled, so none waits for the next pull. Items
         are pulled one at a time, or up to ``PULL_BATCH`` at once when no pull can block (a
         list, tuple, range, str, bytes, dict or set iterator) or ``buffered()`` says how many
-        are ready. Items are indexed by position, or with ``indexed`` the source yields
-        ``(index, item)`` pairs. Whatever ends the feed early (the source raising, a malformed
-        pair, an index the engine refuses) closes the engine with that error, which the
-        consumer raises after every item before it; termination ends the feed quietly.
+        are ready. Whatever ends the feed early (the source raising, a malformed pair, an
+        index the engine refuses) closes the engine with that error, which the consumer
+        raises after every item before it; termination ends the feed quietly. At level 0 the
+        feeder parks and leaves the source to the consumer.
         """
         with self._lock:
             self._feeder = threading.get_ident()
+            source, indexed, buffered = self._source, self._indexed, self._buffered
+        if source is None:
+            raise RuntimeError("feed() needs set_source() first")
         never_blocks = type(source) in NEVER_BLOCKING
-        position = 0
         ended = False
         failure: BaseException | None = None
         while not ended and failure is None:
+            if not self._may_pull():
+                return
             want = PULL_BATCH if never_blocks else 1
             if buffered is not None and not never_blocks:
                 try:
@@ -409,6 +449,7 @@ class Engine:
                     break
             items: list[Any] = []
             labels: list[int] = []
+            position = self._next_position
             while len(items) < want:
                 try:
                     item = next(source)
@@ -429,7 +470,7 @@ class Engine:
             if not items:
                 break
             try:
-                position += self._append_run(items, labels if indexed else None, None)
+                self._append_run(items, labels if indexed else None, None)
             except PoolClosed:
                 if self._closed:
                     return  # terminated, or a worker failed to start: nobody wants more
@@ -437,6 +478,38 @@ class Engine:
             except BaseException as exc:  # noqa: BLE001 - raised to the consumer in place
                 failure = exc
         self.close(failure)
+
+    def _claim_pull(self) -> int | None:
+        """Level 0, a map engine with nothing in flight: the consumer may pull one item.
+
+        Returns the item's position, or None when it may not.
+        """
+        with self._lock:
+            if (self._level == 0 and self._source_owner == _CONSUMER
+                    and self._source is not None and not self._consumer_pulling
+                    and not self._pending and not self._released and not self._closed):
+                self._consumer_pulling = True
+                return self._next_position
+            return None
+
+    def _end_pull(self, position: int) -> None:
+        """The consumer stops pulling; ``position`` is the next item's."""
+        with self._lock:
+            self._next_position = position
+            self._consumer_pulling = False
+            if self._level > 0:
+                self._feed.notify_all()
+
+    def _may_pull(self) -> bool:
+        """The feeder, before each pull: park while the level is 0; False once closed."""
+        with self._lock:
+            while (self._level == 0 or self._consumer_pulling) and not self._closed:
+                if self._source_owner != _CONSUMER:
+                    self._source_owner = _CONSUMER
+                    self._results.notify()  # the consumer may be waiting for this
+                self._feed.wait()
+            self._source_owner = _FEEDER
+            return not self._closed
 
     def _append_run(self, items: list[Any], labels: list[int] | None,
                     timeout: float | None) -> int:
@@ -559,18 +632,49 @@ class Engine:
     def _wake_workers(self) -> None:
         # One idle worker per batch's worth of queued work not already promised to a woken
         # one: a lone item wakes a worker even while others run slow items, and a fast
-        # producer does not turn into a notify per item.
+        # producer does not turn into a notify per item. At level 0 the worker is the consumer.
+        if not self._level:
+            self._results.notify()
+            return
         if self._idle > self._wakeups and self._queued > self._wakeups * self._max_batch:
             self._wakeups += 1
             self._work.notify()
 
     # -- workers -------------------------------------------------------------------------
 
-    def worker_enter(self) -> None:
-        """A worker thread starts: count it, and know it (it must never wait for room)."""
+    def set_level(self, level: int) -> None:
+        """Let the workers ranked below ``level`` take work; park the others.
+
+        At 0 no worker takes work: the consumer runs queued batches itself, and (map engines)
+        pulls and runs the source's items itself once the feeder parks. Batches already taken
+        run to their end.
+        """
+        if level < 0:
+            raise ValueError(f"level must be >= 0, got {level}")
+        with self._lock:
+            self._level = level
+            self._wakeups = 0
+            self._work.notify_all()
+            self._parked_cv.notify_all()
+            if level > 0:
+                self._source_owner = _FEEDER
+                self._feed.notify_all()
+            elif self._feeder is None:  # no feeder to park: the source is the consumer's now
+                self._source_owner = _CONSUMER
+            if level == 0 and self._queued:
+                self._results.notify()
+
+    def worker_enter(self) -> int:
+        """A worker thread starts: count it, know it (it must never wait for room), rank it.
+
+        Returns its rank: workers ranked at or above the level park.
+        """
         with self._lock:
             self._owned.add(threading.get_ident())
             self._live += 1
+            rank = self._ranks
+            self._ranks += 1
+            return rank
 
     def worker_exit(self) -> None:
         """A worker thread ends; the last one fails what no worker is left to run."""
@@ -609,24 +713,25 @@ class Engine:
         self._running += _weight(slots)
         return Batch(self, slots, [])
 
-    def take(self) -> Batch | None:
-        """Wait for work and take a batch; None when the worker should exit."""
+    def take(self, worker: int = 0) -> Batch | None:
+        """Wait for work and take a batch; None when the worker should exit.
+
+        ``worker`` is the rank ``worker_enter`` gave: at or above the level, it waits.
+        """
         with self._lock:
             while True:
                 if self._stopping:
                     return None
-                if self._queued:
-                    limit = self._max_batch
-                    if self._idle:  # leave a fair share for the idle workers
-                        limit = min(limit, (self._queued + self._idle) // (self._idle + 1))
-                    batch = self._take_slots(limit)
+                if self._queued and worker < self._level:
+                    batch = self._take_batch()
                     if batch is not None:
-                        if self._queued:
-                            self._wake_workers()
                         return batch
                     continue  # every queued item was parked behind a running key
-                if self._closed and not self._parked_count:
+                if self._closed and not self._parked_count and not self._queued:
                     return None
+                if worker >= self._level:  # parked: only set_level (or the end) wakes it
+                    self._parked_cv.wait()
+                    continue
                 self._idle += 1
                 try:
                     self._work.wait()
@@ -634,6 +739,16 @@ class Engine:
                     self._idle -= 1
                     if self._wakeups:
                         self._wakeups -= 1
+
+    def _take_batch(self) -> Batch | None:
+        # Lock held, something queued: a batch sized to the cost, a fair share left to the idle.
+        limit = self._max_batch
+        if self._idle:
+            limit = min(limit, (self._queued + self._idle) // (self._idle + 1))
+        batch = self._take_slots(limit)
+        if batch is not None and self._queued:
+            self._wake_workers()
+        return batch
 
     def _take_slots(self, limit: int) -> Batch | None:
         # Whole slots, up to ``limit`` items (at least one slot: a chunk is never split).
@@ -733,6 +848,8 @@ class Engine:
                     waker = self._take_waker()
                 if self._closed and self._idle:
                     self._work.notify_all()  # workers waiting for parked keys may now exit
+                if self._closed and not self._queued and self._level < UNLIMITED:
+                    self._parked_cv.notify_all()  # parked workers: nothing left, exit
                 updating = False
         except BaseException:
             if updating:
@@ -817,7 +934,7 @@ class Engine:
         the pool's own function could make into a cycle with the pool.
         """
         while True:
-            batch = self.take()
+            batch = self.take(worker)
             if batch is None:
                 return
             try:
@@ -840,6 +957,9 @@ class Engine:
         runner: Runner = context.runner
         workerlocal = context.workerlocals[worker]
         del context
+        return self._run_slots(batch, runner, workerlocal)
+
+    def _run_slots(self, batch: Batch, runner: Runner, workerlocal: Any) -> float:
         started = perf_counter()
         if self._kind == POOL:
             for slot in batch._slots:
@@ -889,12 +1009,14 @@ class Engine:
             cursor._state = _DONE
         self._after_terminate(first, dropped, waker)
 
-    def _next_released(self, credit: int,
-                       waker: Callable[[], Any] | None = None) -> list[_Slot] | None | object:
+    def _next_released(self, credit: int, waker: Callable[[], Any] | None = None,
+                       inline: bool = False) -> list[_Slot] | Batch | None | object:
         """The released slots, in order; None at the end; _STOPPED once terminated.
 
         ``credit`` items were consumed since the last call: they leave the window. With
         ``waker``, returns [] instead of waiting and calls ``waker`` once something changes.
+        With ``inline`` at level 0, returns a queued ``Batch`` for the consumer to run
+        instead of waiting for workers that are parked.
         """
         with self._lock:
             if credit:
@@ -905,6 +1027,15 @@ class Engine:
                     return _STOPPED
                 if self._closed and not self._pending:
                     return None
+                if inline and self._level == 0:
+                    if self._queued:
+                        batch = self._take_slots(self._max_batch)
+                        if batch is not None:
+                            return batch
+                        continue  # every queued item was parked behind a running key
+                    if (self._source_owner == _CONSUMER and self._source is not None
+                            and not self._pending):
+                        return _PULL  # the same test as _claim_pull's
                 if waker is not None:
                     self._waker = waker
                     return []
@@ -924,6 +1055,7 @@ class Engine:
         self._work.notify_all()
         self._room.notify_all()
         self._results.notify_all()
+        self._parked_cv.notify_all()
 
     def close(self, error: BaseException | None = None) -> None:
         """Accept nothing more; accepted items still run and are yielded. Idempotent.
@@ -936,6 +1068,7 @@ class Engine:
                 self._end_error = error
             self._closed = True
             self._notify_all()
+            self._feed.notify_all()
             waker = self._take_waker()
         if waker is not None:
             waker()
@@ -981,6 +1114,8 @@ class Engine:
         self._work.notify_all()
         self._room.notify_all()
         self._results.notify_all()
+        self._feed.notify_all()
+        self._parked_cv.notify_all()
         self._consumer = None  # a new cursor may claim it, to hear that it was terminated
         if self._pending:
             head = self._pending[0]
@@ -1044,6 +1179,7 @@ class Engine:
                 "closed": self._closed,
                 "dropped": self._dropped,
                 "workers": self._live,
+                "level": self._level if self._level < UNLIMITED else self._live,
                 "batch": self._max_batch,
                 "seconds_per_item": self._cost,
             }
@@ -1067,10 +1203,11 @@ class Cursor:
     MAP_TASKS = 2
 
     __slots__ = ("_engine", "_mode", "_buffer", "_pos", "_credit", "_state", "_on_start",
-                 "_keepalive", "__weakref__")
+                 "_keepalive", "_helper", "_untuned", "_tune_every", "_pull_next",
+                 "_inline", "__weakref__")
 
     def __init__(self, engine: Engine, mode: int, on_start: Callable[[], Any] | None = None,
-                 keepalive: Any = None) -> None:
+                 keepalive: Any = None, helper: Any = None) -> None:
         if mode not in (Cursor.POOL, Cursor.MAP, Cursor.MAP_TASKS):
             raise ValueError(f"mode must be Cursor.POOL, MAP or MAP_TASKS, not {mode!r}")
         self._engine = engine
@@ -1081,6 +1218,14 @@ class Cursor:
         self._state = _NEW
         self._on_start = on_start
         self._keepalive = keepalive  # what the workers reach by weak reference
+        # With a helper (adaptive concurrency), the consumer runs work itself at level 0:
+        # helper.inline_context() gives (runner, workerlocal), helper.tune(completed) is
+        # shown the progress every refill (and, for items run here, as often as it asks).
+        self._helper = helper
+        self._untuned = 0
+        self._tune_every = 1  # items between readings; helper.tune says
+        self._pull_next: int | None = None  # level 0: the claim on the source, its position
+        self._inline: tuple[Any, Any] | None = None  # helper.inline_context(), taken once
 
     @property
     def engine(self) -> Engine:
@@ -1137,7 +1282,7 @@ class Cursor:
         engine = self._engine
         if engine._stopping:
             self._report_termination()
-        buffer = self._buffer
+        buffer, helper = self._buffer, self._helper
         while True:
             if buffer:
                 slot = buffer[0]
@@ -1146,8 +1291,25 @@ class Cursor:
                 buffer.popleft()
                 self._pos = 0
                 continue
-            got = engine._next_released(self._credit, waker)
+            if helper is not None:
+                if waker is None and self._mode != Cursor.POOL:
+                    self._untuned += 1
+                    if self._untuned >= self._tune_every:
+                        self._untuned = 0
+                        self._fold()
+                        self._tune_every = helper.tune(engine._finished)
+                    value = self._bypass()
+                    if value is not _NOTHING:
+                        return value
+                    self._fold()
+                helper.tune(engine._finished)
+            got = engine._next_released(self._credit, waker, helper is not None and waker is None)
             self._credit = 0
+            if isinstance(got, Batch):
+                self._run_inline(got)
+                continue
+            if got is _PULL:
+                continue
             if got is None:
                 self._leave(terminate=False)
                 error = engine._end_error
@@ -1163,6 +1325,76 @@ class Cursor:
         self._pos += 1
         self._credit += 1
         return self._expand(slot, position)
+
+    def _run_inline(self, batch: Batch) -> None:
+        """Level 0: run a queued batch here, as a worker would."""
+        engine = self._engine
+        try:
+            runner, workerlocal = self._helper.inline_context()
+        except BaseException as exc:  # noqa: BLE001 - worker_init failed here
+            batch._open = False
+            _fail_slots(batch._slots, engine._kind, exc)
+            engine._complete(batch._slots, batch._keys, 0.0)
+            engine.fail_init(exc)
+            return
+        batch._open = False
+        elapsed = engine._run_slots(batch, runner, workerlocal)
+        engine._complete(batch._slots, batch._keys, elapsed)
+
+    def _bypass(self) -> Any:
+        """Level 0, a map engine with nothing in flight: pull, run and yield one item here,
+        the way a plain loop would, with no slot and no other thread. The claim on the
+        source lasts until the next reading (``_fold``); the consumer is then the only
+        writer of the counters it bumps."""
+        engine = self._engine
+        if self._pull_next is None:
+            self._pull_next = engine._claim_pull()
+            if self._pull_next is None:
+                return _NOTHING
+            if self._inline is None:  # before the pull: a failure loses nothing
+                try:
+                    self._inline = self._helper.inline_context()
+                except BaseException:
+                    self._fold()
+                    raise
+        position = self._pull_next
+        try:
+            item = next(engine._source)  # type: ignore[arg-type]
+        except StopIteration:
+            self._fold()
+            engine.close()
+            return _NOTHING
+        except BaseException as exc:  # noqa: BLE001 - raised at its position, as the feeder's
+            self._fold()
+            engine.close(exc)
+            return _NOTHING
+        label = position
+        if engine._indexed:
+            try:
+                label = _index_of_pair(item, position)
+            except BaseException as exc:  # noqa: BLE001 - raised at its position
+                self._fold()
+                engine.close(exc)
+                return _NOTHING
+            item = item[1]
+        self._pull_next = position + 1
+        engine._accepted += 1
+        runner = self._inline[0]  # type: ignore[index]  # set with the claim
+        output, error = runner.run_value(label, item)
+        engine._finished += 1
+        slot = _Slot(position)
+        slot.items, slot.outputs = [item], [output]
+        if error is not None:
+            slot.errors = [error]
+        if engine._indexed:
+            slot.labels = [label]
+        return self._expand(slot, 0)
+
+    def _fold(self) -> None:
+        # End the claim on the source: the feeder (or the next claim) goes on from here.
+        if self._pull_next is not None:
+            position, self._pull_next = self._pull_next, None
+            self._engine._end_pull(position)
 
     def _begin(self) -> None:
         if self._state == _DONE:
@@ -1226,6 +1458,7 @@ class Cursor:
         raise StopIteration
 
     def _leave(self, terminate: bool) -> None:
+        self._fold()
         if self._state != _ACTIVE:
             self._state = _DONE
             return
@@ -1239,8 +1472,11 @@ class Cursor:
         self._leave(terminate=True)
 
     def stats(self) -> dict[str, Any]:
-        """The engine's counters."""
-        return self._engine.stats()
+        """The engine's counters (with a helper: the level and its decisions too)."""
+        stats = self._engine.stats()
+        if self._helper is not None:
+            stats.update(self._helper.stats())
+        return stats
 
     def __del__(self) -> None:
         if self._state == _ACTIVE:

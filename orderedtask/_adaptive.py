@@ -1,0 +1,303 @@
+"""The concurrency controller: how many workers should run, from measured throughput.
+
+A hill climber in the manner of the .NET thread pool's (Hellerstein et al., 2008): it measures
+completions per second at the level it runs, moves to another level, and keeps the move if
+the rate says so. It has no threads and no clock of its own: the caller passes the time and
+the running count of completed items to ``update``, which returns the level to run at. Level
+0 means that no worker runs: the consumer runs the work itself.
+
+Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay (the rate
+rises by more than the noise, ``tolerance``); a step down is kept unless it costs (fewer
+workers are cheaper, so a flat stretch is walked down). Up from 0 the first step is to 2: one
+worker beside an idle consumer runs no faster than the consumer alone, so 1 would stop every
+climb. Settled, the controller re-probes a neighbour now and then (up and down in turn; less often while probes do not pay), and a
+rate that jumps away from its average twice in a row (the workload changed) starts a new
+move: up when the rate fell, down when it rose.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any
+
+#: An interval is measured for at least this long (several GIL switch intervals: a shorter
+#: one sees how the GIL happened to be handed round, not the level) ...
+MIN_INTERVAL = 0.04
+#: ... and until this many items completed in it, or for at most MAX_INTERVAL.
+MIN_SAMPLES = 64
+MAX_INTERVAL = 1.0
+#: How long the consumer may go between readings: ``Tuner.tune`` says how many items that is.
+READING_SECONDS = 0.004
+#: The most items between readings (a reading costs about a microsecond).
+MAX_UNREAD = 256
+#: The noise a move tolerates: a step up must raise the rate by more than this fraction, a
+#: step down may lower it by up to this fraction.
+TOLERANCE = 0.08
+#: How soon a settled controller tries a neighbour, in seconds; each probe that does not
+#: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
+REPROBE_SECONDS = 0.5
+MAX_REPROBE_SECONDS = 8.0
+#: A settled rate this far from its average, twice in a row, is a change of workload.
+STEP_CHANGE = 0.35
+#: How many decisions ``decisions`` keeps.
+HISTORY = 64
+
+
+def ladder(max_level: int, min_level: int = 0) -> list[int]:
+    """The levels the controller moves between: min_level, powers of two, max_level."""
+    levels = {min_level, max_level}
+    level = 1
+    while level < max_level:
+        if level >= min_level:
+            levels.add(level)
+        level *= 2
+    return sorted(levels)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One move of the controller: when, from which level to which, and why."""
+
+    time: float
+    previous: int
+    level: int
+    rate: float  # items per second measured at ``previous``
+    reason: str
+
+
+class ConcurrencyController:
+    """Chooses a level in ``[min_level, max_level]`` from the completion rates it is shown."""
+
+    def __init__(self, max_level: int, *, min_level: int = 0, start: int | None = None,
+                 tolerance: float = TOLERANCE, reprobe: float = REPROBE_SECONDS,
+                 min_interval: float = MIN_INTERVAL, min_samples: int = MIN_SAMPLES,
+                 max_interval: float = MAX_INTERVAL) -> None:
+        if not 0 <= min_level <= max_level:
+            raise ValueError(f"need 0 <= min_level <= max_level, got {min_level}, {max_level}")
+        first = min_level if start is None else start
+        if not min_level <= first <= max_level:
+            raise ValueError(f"start must be within [{min_level}, {max_level}], got {first}")
+        self.levels = ladder(max_level, min_level)
+        self.min_level, self.max_level = min_level, max_level
+        self.tolerance = tolerance
+        self.reprobe = reprobe
+        self.min_interval = min_interval
+        self.min_samples = min_samples
+        self.max_interval = max_interval
+        self.level = first
+        self.decisions: deque[Decision] = deque(maxlen=HISTORY)
+        self.rate = 0.0  # the last rate measured
+        self._since: float | None = None  # the current interval's start: time, count
+        self._count = 0
+        self._mode = "moving"  # "moving", "probing" or "settled"
+        self._direction = 1
+        self._came_from: tuple[int, float] | None = None  # the level a move left, its rate
+        self._settled_at = 0.0
+        self._average = 0.0  # the settled level's rate, smoothed
+        self._surprises = 0
+        self._next_probe = 1
+        self._probe_gap = reprobe
+        # The interval after a move is not measured: the window fills or drains then, and
+        # completions run ahead of (or behind) the level's steady rate.
+        self._warming = False
+
+    def update(self, now: float, completed: int) -> int:
+        """Take a reading (a time, the running total of completed items); return the level."""
+        if self._since is None:
+            self._since, self._count = now, completed
+            return self.level
+        elapsed, done = now - self._since, completed - self._count
+        if self._warming:  # half an interval, not measured
+            if elapsed >= self.min_interval / 2:
+                self._warming = False
+                self._since, self._count = now, completed
+            return self.level
+        if elapsed < self.min_interval or (done < self.min_samples
+                                           and elapsed < self.max_interval):
+            return self.level
+        self._since, self._count = now, completed
+        self.rate = done / elapsed
+        if self._mode == "moving":
+            self._moved(now, self.rate)
+        elif self._mode == "probing":
+            self._probed(now, self.rate)
+        else:
+            self._watch(now, self.rate)
+        return self.level
+
+    def raise_floor(self, now: float, min_level: int) -> int:
+        """Never go below ``min_level`` from now on (the level rises to it if lower)."""
+        self.min_level = max(self.min_level, min(min_level, self.max_level))
+        self.levels = ladder(self.max_level, self.min_level)
+        if self.level < self.min_level:
+            self._settle(now, self.min_level, self.rate, "the floor rose")
+        return self.level
+
+    @property
+    def settled(self) -> bool:
+        """True once it settled on a level (and until the next probe or change)."""
+        return self._mode == "settled"
+
+    # -- the ladder ----------------------------------------------------------------------
+
+    def _step(self, level: int, direction: int) -> int | None:
+        above = [rung for rung in self.levels if rung > level]
+        below = [rung for rung in self.levels if rung < level]
+        if direction > 0:
+            if level == 0 and len(above) > 1 and above[0] == 1:
+                return above[1]  # 0 -> 2: see the module's docstring
+            return above[0] if above else None
+        return below[-1] if below else None
+
+    def _accepts(self, direction: int, rate: float, before: float) -> bool:
+        if direction > 0:
+            return rate > before * (1.0 + self.tolerance)
+        return rate >= before * (1.0 - self.tolerance)
+
+    # -- moves ---------------------------------------------------------------------------
+
+    def _go(self, now: float, level: int, reason: str) -> None:
+        if level != self.level:
+            self.decisions.append(Decision(now, self.level, level, self.rate, reason))
+            self.level = level
+            self._warming = True
+
+    def _moved(self, now: float, rate: float) -> None:
+        came_from = self._came_from
+        if came_from is not None and not self._accepts(self._direction, rate, came_from[1]):
+            self._settle(now, came_from[0], came_from[1],
+                         "the step did not pay" if self._direction > 0 else "the step cost")
+            return
+        self._continue(now, rate)
+
+    def _continue(self, now: float, rate: float) -> None:
+        nxt = self._step(self.level, self._direction)
+        if nxt is None:
+            self._settle(now, self.level, rate, "at the end of the ladder")
+            return
+        self._came_from = (self.level, rate)
+        self._go(now, nxt, "stepping up" if self._direction > 0 else "stepping down")
+
+    def _settle(self, now: float, level: int, rate: float, reason: str) -> None:
+        self._mode = "settled"
+        self._came_from = None
+        self._settled_at = now
+        self._average = rate
+        self._surprises = 0
+        self._go(now, level, f"settled: {reason}")
+
+    def _watch(self, now: float, rate: float) -> None:
+        average = self._average
+        surprising = average > 0 and abs(rate - average) > STEP_CHANGE * average
+        self._surprises = self._surprises + 1 if surprising else 0
+        if self._surprises >= 2:
+            # The workload changed: more workers may help if the rate fell, fewer if it rose.
+            self._surprises = 0
+            self._probe_gap = self.reprobe
+            self._mode = "moving"
+            direction = 1 if rate < average else -1
+            if self._step(self.level, direction) is None:  # nowhere to go: a new baseline
+                self._settle(now, self.level, rate, "a new baseline")
+                return
+            self._direction = direction
+            self._came_from = None
+            self._continue(now, rate)
+            return
+        self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
+        if now - self._settled_at < self._probe_gap:
+            return
+        self._settled_at = now
+        for direction in (self._next_probe, -self._next_probe):
+            neighbour = self._step(self.level, direction)
+            if neighbour is not None:
+                self._next_probe = -direction
+                self._mode = "probing"
+                self._direction = direction
+                self._came_from = (self.level, self._average)
+                self._go(now, neighbour, "probing up" if direction > 0 else "probing down")
+                return
+
+    def _probed(self, now: float, rate: float) -> None:
+        came_from = self._came_from
+        assert came_from is not None
+        if self._accepts(self._direction, rate, came_from[1]):
+            self._mode = "moving"  # keep going that way
+            self._probe_gap = self.reprobe
+            self._continue(now, rate)
+            return
+        self._probe_gap = min(2 * self._probe_gap, MAX_REPROBE_SECONDS)
+        self._mode = "settled"
+        self._came_from = None
+        self._settled_at = now
+        self._go(now, came_from[0], "back from a probe")
+
+
+class Tuner:
+    """Adaptive concurrency for one engine: its controller, and the workers it starts.
+
+    The engine's cursor is its ``helper``: it shows ``tune`` the progress as it consumes
+    and, at level 0, runs batches itself with ``inline_context()``. Threads start only when
+    the level first needs them, and ``on_first_worker`` (the feeder of a ``map``) runs when the
+    level first leaves 0. ``inline=False`` (an asyncio consumer, which must never run the
+    work on its loop) keeps at least one worker.
+    """
+
+    def __init__(self, engine: Any, backend: Any, name: str, max_workers: int,
+                 start: int | None = None, on_first_worker: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = monotonic, inline: bool = True) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.name = name
+        self.clock = clock
+        low = min(backend.min_level if inline else max(1, backend.min_level), max_workers)
+        first = None if start is None else max(low, min(start, max_workers))
+        self.controller = ConcurrencyController(max_workers, min_level=low, start=first)
+        self.threads: list[threading.Thread] = []
+        self._on_first_worker = on_first_worker
+
+    def start(self) -> None:
+        """Run at the controller's first level (threads start from here on, as needed)."""
+        self._apply(self.controller.level)
+
+    def forbid_inline(self) -> None:
+        """From now on keep at least one worker: the consumer will not run work itself."""
+        level = self.controller.raise_floor(self.clock(), 1)
+        if level != self.engine.level:
+            self._apply(level)
+
+    def tune(self, completed: int) -> int:
+        """The cursor's progress report: move to the level the controller chooses.
+
+        Returns how many items the consumer may yield before the next report: a few
+        milliseconds' worth at the rate measured last.
+        """
+        controller = self.controller
+        level = controller.update(self.clock(), completed)
+        if level != self.engine.level:
+            self._apply(level)
+        return max(1, min(MAX_UNREAD, int(controller.rate * READING_SECONDS)))
+
+    def _apply(self, level: int) -> None:
+        if level > len(self.threads):
+            self.threads += self.backend.start(self.engine, level - len(self.threads), self.name)
+        self.engine.set_level(level)
+        if level and self._on_first_worker is not None:
+            first, self._on_first_worker = self._on_first_worker, None
+            first()
+
+    def inline_context(self) -> tuple[Any, dict[str, Any]]:
+        context: tuple[Any, dict[str, Any]] = self.backend.inline_context()
+        return context
+
+    def stats(self) -> dict[str, Any]:
+        """What ``stats()`` adds: the level, and the controller's last decisions."""
+        return {
+            "level": self.controller.level,
+            "max_workers": self.controller.max_level,
+            "decisions": [(round(d.time, 3), d.previous, d.level, round(d.rate), d.reason)
+                          for d in list(self.controller.decisions)[-8:]],
+        }

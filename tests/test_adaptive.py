@@ -1,0 +1,363 @@
+"""Adaptive concurrency (``workers=None``): the controller on simulated throughput curves, and
+the engine's guarantees at every level and through every transition, on both twins.
+
+The controller has no clock of its own, so its tests drive simulated time: each is
+deterministic (seeded noise) and never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import orderedtask
+from orderedtask import Pool, Task
+from orderedtask import _adaptive
+from orderedtask._adaptive import ConcurrencyController, ladder
+
+pytestmark = pytest.mark.timeout(120)
+
+DT = 0.002  # simulated seconds per reading: a refill of the consumer every 2 ms
+
+
+def simulate(controller: ConcurrencyController, rate: Callable[[float, int], float],
+             seconds: float, noise: float = 0.05, seed: int = 1) -> list[tuple[float, int]]:
+    """Drive ``controller`` for ``seconds`` of simulated time; the (time, level) trace."""
+    rng = random.Random(seed)
+    now, completed, trace = 0.0, 0.0, []
+    level = controller.update(now, 0)
+    while now < seconds:
+        now += DT
+        completed += rate(now, level) * DT * max(0.0, rng.gauss(1.0, noise))
+        level = controller.update(now, int(completed))
+        assert controller.min_level <= level <= controller.max_level
+        trace.append((now, level))
+    return trace
+
+
+def average_rate(trace: list[tuple[float, int]], rate: Callable[[float, int], float],
+                 since: float, until: float = float("inf")) -> float:
+    rates = [rate(t, level) for t, level in trace if since <= t < until]
+    return sum(rates) / len(rates)
+
+
+def gil_bound(t: float, level: int) -> float:
+    # A loop's speed inline; every worker adds hand-off and contention, none adds throughput.
+    return 1_000_000 / (1.0 + 0.4 * min(level, 1) + 0.05 * level)
+
+
+def io_bound(t: float, level: int) -> float:
+    # 1 ms waits: each worker adds 1,000 items/s, up to 40 at once (then a shared limit).
+    return 1000.0 * max(1, min(level, 40)) - 5.0 * max(0, level - 40)
+
+
+def two_cores(t: float, level: int) -> float:
+    # CPU-bound work on two cores (processes, or 3.13t threads).
+    return {0: 1000.0, 1: 950.0}.get(level, 1900.0 - 20.0 * (level - 2))
+
+
+CURVES = {"gil_bound": gil_bound, "io_bound": io_bound, "two_cores": two_cores}
+
+
+def best(rate: Callable[[float, int], float], levels: list[int], t: float = 0.0) -> float:
+    return max(rate(t, level) for level in levels)
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_it_converges_near_the_best_level_and_stays_there(name, seed) -> None:
+    rate = CURVES[name]
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, rate, 6.0, seed=seed)
+    # After the climb, the time-weighted rate stays within 10% of the best level's.
+    assert average_rate(trace, rate, since=2.0) >= 0.9 * best(rate, controller.levels)
+    assert controller.decisions  # it moved, and said why
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_noise_does_not_make_it_wander(seed) -> None:
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, io_bound, 8.0, noise=0.15, seed=seed)
+    late = [level for t, level in trace if t >= 3.0]
+    # Probes visit a neighbour for a moment; the band is the best rung and its neighbours.
+    assert set(late) <= {16, 32, 64}
+    assert late.count(64) >= 0.6 * len(late)
+
+
+def test_it_respects_its_bounds() -> None:
+    for low, high in [(0, 4), (1, 8), (2, 2), (0, 1)]:
+        controller = ConcurrencyController(high, min_level=low)
+        for curve in CURVES.values():
+            trace = simulate(controller, curve, 2.0)
+            assert all(low <= level <= high for _, level in trace)
+    with pytest.raises(ValueError, match="min_level"):
+        ConcurrencyController(2, min_level=3)
+    with pytest.raises(ValueError, match="start"):
+        ConcurrencyController(4, start=5)
+
+
+def test_the_ladder() -> None:
+    assert ladder(64) == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert ladder(6, 1) == [1, 2, 4, 6]
+    assert ladder(1) == [0, 1]
+
+
+def reached(trace: list[tuple[float, int]], since: float, good: Callable[[int], bool]) -> float:
+    """How long after ``since`` the level first became good."""
+    return next(t for t, level in trace if t >= since and good(level)) - since
+
+
+def test_it_follows_a_step_change_within_a_second() -> None:
+    def changing(t: float, level: int) -> float:
+        return io_bound(t, level) if t < 4.0 else gil_bound(t, level) / 100
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, changing, 8.0)
+    assert average_rate(trace, changing, 2.0, 4.0) >= 0.9 * best(io_bound, controller.levels)
+    assert reached(trace, 4.0, lambda level: level == 0) < 1.0
+    # Settled again, between probes (a probe visits a neighbour for one interval).
+    assert average_rate(trace, changing, 5.0) >= 0.9 * best(changing, controller.levels, 5.0)
+
+    def back(t: float, level: int) -> float:  # GIL-bound first, then waits
+        return gil_bound(t, level) / 1000 if t < 4.0 else io_bound(t, level)
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, back, 8.0)
+    assert average_rate(trace, back, 2.0, 4.0) >= 0.9 * best(back, controller.levels, 2.0)
+    assert reached(trace, 4.0, lambda level: level == 64) < 1.0
+    assert average_rate(trace, back, 5.0) >= 0.9 * best(io_bound, controller.levels)
+
+
+def test_raise_floor_lifts_the_level() -> None:
+    controller = ConcurrencyController(8)
+    simulate(controller, gil_bound, 1.0)
+    assert controller.level == 0
+    assert controller.raise_floor(2.0, 1) == 1
+    trace = simulate(controller, gil_bound, 1.0)
+    assert min(level for _, level in trace) >= 1
+
+
+# -- the engine at every level ----------------------------------------------------------------
+
+
+class Scripted:
+    """A controller that changes the level every third reading, through a fixed cycle."""
+
+    CYCLE = (0, 3, 1, 0, 2, 4, 0)
+
+    def __init__(self, max_level: int, *, min_level: int = 0, start: int | None = None) -> None:
+        self.max_level, self.min_level = max_level, min_level
+        self.levels = [level for level in self.CYCLE if min_level <= level <= max_level]
+        self.level = self.levels[0] if start is None else start
+        self.decisions: list = []
+        self.readings = 0
+        self.rate = 10_000.0  # items/s: the consumer reports every 40 items it runs itself
+
+    def update(self, now: float, completed: int) -> int:
+        self.readings += 1
+        self.level = self.levels[self.readings // 3 % len(self.levels)]
+        return self.level
+
+    def raise_floor(self, now: float, min_level: int) -> int:
+        self.min_level = min_level
+        self.levels = [level for level in self.levels if level >= min_level] or [min_level]
+        self.level = max(self.level, min_level)
+        return self.level
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    made: list[Scripted] = []
+
+    def make(*args, **kwargs):
+        made.append(Scripted(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", make)
+    return made
+
+
+def pool_threads() -> int:
+    return sum(thread.name.startswith("orderedtask") for thread in threading.enumerate())
+
+
+def test_map_keeps_every_guarantee_through_level_changes(twin, scripted, no_thread_leak) -> None:
+    n = 20_000
+    stream = orderedtask.map(lambda x: x * 2, range(n), max_workers=4)
+    assert list(stream) == [x * 2 for x in range(n)]
+    stats = stream.stats()
+    assert stats["accepted"] == stats["yielded"] == n and stats["dropped"] == 0
+    assert scripted and scripted[0].readings > 5  # the level really moved, many times
+
+
+def test_map_raises_an_error_at_its_position_at_any_level(twin, scripted) -> None:
+    def fn(x):
+        if x == 7_777:
+            raise KeyError(x)
+        return x
+
+    got = []
+    with pytest.raises(KeyError):
+        for value in orderedtask.map(fn, range(10_000), max_workers=4):
+            got.append(value)
+    assert got == list(range(7_777))
+
+
+def test_map_tasks_keeps_each_error_on_its_item(twin, scripted) -> None:
+    tasks = list(orderedtask.map_tasks(lambda x: 1 // (x % 1000), range(5_000), max_workers=3))
+    assert [t.index for t in tasks] == list(range(5_000))
+    assert [t.index for t in tasks if isinstance(t.error, ZeroDivisionError)] == \
+        list(range(0, 5_000, 1000))
+
+
+def test_an_indexed_source_keeps_its_indices(twin, scripted) -> None:
+    pairs = [(10 * i, i) for i in range(3_000)]
+    tasks = list(orderedtask.map_tasks(str, pairs, indexed=True, max_workers=4))
+    assert [t.index for t in tasks] == [10 * i for i in range(3_000)]
+    assert [t.output for t in tasks] == [str(i) for i in range(3_000)]
+
+
+def test_a_failing_source_ends_the_stream_after_every_item_before_it(twin, scripted) -> None:
+    def source():
+        yield from range(3_000)
+        raise OSError("the source broke")
+
+    got = []
+    with pytest.raises(OSError, match="broke"):
+        for value in orderedtask.map(str, source(), max_workers=4):
+            got.append(value)
+    assert got == [str(i) for i in range(3_000)]
+
+
+def test_pool_keeps_every_guarantee_through_level_changes(twin, scripted) -> None:
+    def fn(workerlocal, task):
+        task.output = (task.input, workerlocal["who"])
+
+    def init(workerlocal):
+        workerlocal["who"] = threading.get_ident()
+
+    with Pool(None, fn, worker_init=init, max_workers=4, key=lambda t: t.input % 7) as pool:
+        assert pool.workers is None
+        producer = threading.Thread(
+            target=lambda: (pool.enqueue_many([Task(i, i) for i in range(20_000)]),
+                            pool.close()))
+        producer.start()
+        got = list(pool.results())
+        producer.join()
+    assert [t.index for t in got] == list(range(20_000))
+    assert [t.output[0] for t in got] == list(range(20_000))
+    ran_here = sum(t.output[1] == threading.get_ident() for t in got)
+    assert 0 < ran_here < 20_000  # the consumer ran some itself (level 0), workers the rest
+    stats = pool.stats()
+    assert stats["accepted"] == stats["yielded"] == 20_000
+
+
+def test_level_0_runs_on_the_consumer_and_starts_no_thread(twin, monkeypatch) -> None:
+    class AlwaysZero(Scripted):
+        CYCLE = (0,)
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.level = 0  # a Pool's first level too
+
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
+    before = pool_threads()
+    seen = set()
+
+    def fn(x):
+        seen.add(threading.get_ident())
+        return x
+
+    stream = orderedtask.map(fn, range(5_000))
+    assert list(stream) == list(range(5_000))
+    assert seen == {threading.get_ident()} and pool_threads() == before
+    assert stream.stats()["level"] == 0
+
+
+def test_amap_never_runs_fn_on_the_loop(twin, scripted) -> None:
+    async def main():
+        loop_thread = threading.get_ident()
+        seen = set()
+
+        def fn(x):
+            seen.add(threading.get_ident())
+            return x + 1
+
+        got = [value async for value in orderedtask.amap(fn, range(3_000), max_workers=3)]
+        return got, seen, loop_thread
+
+    got, seen, loop_thread = asyncio.run(main())
+    assert got == list(range(1, 3_001)) and loop_thread not in seen
+
+
+def test_aresults_of_an_adaptive_pool_never_runs_fn_on_the_loop(twin, scripted) -> None:
+    async def main():
+        seen = set()
+
+        def fn(workerlocal, task):
+            seen.add(threading.get_ident())
+            task.output = task.input
+
+        pool = Pool(None, fn, max_workers=2)
+        pool.enqueue_many([Task(i, i) for i in range(500)])
+        pool.close()
+        got = [task.output async for task in pool.aresults()]
+        pool.join()
+        return got, seen, threading.get_ident()
+
+    got, seen, loop_thread = asyncio.run(main())
+    assert got == list(range(500)) and loop_thread not in seen
+
+
+def test_the_real_controller_reports_its_level_and_decisions(twin) -> None:
+    stream = orderedtask.map(lambda x: x, range(50_000))
+    assert sum(1 for _ in stream) == 50_000
+    stats = stream.stats()
+    assert 0 <= stats["level"] <= stats["max_workers"] == 64
+    assert all(isinstance(d, tuple) and len(d) == 5 for d in stats["decisions"])
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), ("4", TypeError),
+                                        (2.5, TypeError), (True, TypeError)])
+def test_max_workers_is_checked_before_anything_starts(bad, error) -> None:
+    before = pool_threads()
+    with pytest.raises(error, match="max_workers"):
+        orderedtask.map(str, [1], max_workers=bad)
+    with pytest.raises(error, match="max_workers"):
+        Pool(None, lambda wl, t: None, max_workers=bad)
+    assert pool_threads() == before
+
+
+def test_a_fixed_count_is_kept(twin) -> None:
+    stream = orderedtask.map(str, range(1_000), workers=3)
+    list(stream)
+    assert "decisions" not in stream.stats()
+
+
+def test_worker_init_failing_on_the_consumer_fails_the_tasks_it_ran(twin, monkeypatch) -> None:
+    class AlwaysZero(Scripted):
+        CYCLE = (0,)
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.level = 0  # a Pool's first level too
+
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
+
+    def init(workerlocal):
+        raise OSError("no connection")
+
+    def fn(workerlocal, task):
+        task.output = task.input
+
+    pool = Pool(None, fn, worker_init=init)
+    pool.enqueue_many([Task(i, i) for i in range(10)])
+    pool.close()
+    tasks = list(pool.results())
+    assert [t.index for t in tasks] == list(range(10))
+    assert all(t.error is not None for t in tasks)
+    pool.join()
