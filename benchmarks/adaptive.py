@@ -4,7 +4,10 @@
 
 Each workload runs as a plain loop, as ``orderedtask.map`` with ``workers`` fixed at 1, 2, 4 ...
 64, and adaptive; every cell is the median of ``--repeat`` runs, interleaved so that a slow
-spell of the machine hits every cell alike. Then a stream whose first half waits 1 ms per item
+spell of the machine hits every cell alike. Where a cell would be short at high counts (1 ms
+sleeps), a fixed count of c runs c times the loop's items (up to the adaptive run's), so that
+every cell lasts about as long; the adaptive run is long enough to pay for its climb, as a
+stream of a consumer is. Then a stream whose first half waits 1 ms per item
 and whose second half holds the GIL, with the trace of the levels the controller chose.
 """
 
@@ -62,22 +65,29 @@ def pure_python_50us(x: int) -> int:
     return total
 
 
-def workloads(quick: bool) -> list[tuple[str, Callable[[Any], Any], list[Any], str, list[int]]]:
+def workloads(quick: bool) -> list[tuple[str, Callable[[Any], Any], list[Any], int, str,
+                                         list[int]]]:
+    """(name, fn, items, share, backend, fixed counts): the adaptive run takes every item; the
+    loop and a fixed count c take ``share`` items (c x ``share`` if the name says I/O), or all
+    of them if ``share`` is 0."""
     scale = 4 if quick else 1
     bodies = [body for _, body in make_messages(200_000 // scale)]
-    chunks = [os.urandom(16_384) * 4 for _ in range(400 // scale)]  # 64 KB, compressible
+    distinct = [os.urandom(16_384) * 4 for _ in range(50)]  # 64 KB, compressible
+    chunks = [distinct[i % 50] for i in range(2_000 // scale)]
     cpus = os.cpu_count() or 1
     process_counts = sorted({1, 2, cpus})
+    long = bodies * 5  # the adaptive run: 1,000,000 messages, a stream long enough to settle
     rows = [
-        (f"{LOADS.__module__}.loads, ~200 B", LOADS, bodies, "thread", FIXED),
-        ("time.sleep(1 ms)", sleep_1ms, list(range(3_000 // scale)), "thread", FIXED),
-        ("zlib.compress 64 KB", compress, chunks, "thread", FIXED),
-        ("50 us pure Python, processes", pure_python_50us, list(range(20_000 // scale)),
+        (f"{LOADS.__module__}.loads, ~200 B", LOADS, long, len(bodies), "thread", FIXED),
+        ("time.sleep(1 ms)", sleep_1ms, list(range(40_000 // scale)), 500 // scale, "thread",
+         FIXED),
+        ("zlib.compress 64 KB", compress, chunks, 0, "thread", FIXED),
+        ("50 us pure Python, processes", pure_python_50us, list(range(20_000 // scale)), 0,
          "process", process_counts),
     ]
     if not gil_enabled():
         rows.insert(3, ("json.loads + 20 us transform (GIL off)", decode_and_transform,
-                        bodies[: 50_000 // scale], "thread", FIXED))
+                        bodies[: 50_000 // scale], 0, "thread", FIXED))
     return rows
 
 
@@ -97,18 +107,25 @@ def run_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None,
     return time.perf_counter() - started, stream.stats()
 
 
-def measure(name: str, fn: Callable[[Any], Any], items: list[Any], backend: str,
+def measure(name: str, fn: Callable[[Any], Any], items: list[Any], share: int, backend: str,
             counts: list[int], repeat: int) -> dict[str, Any]:
-    cells: dict[str, list[float]] = {"loop": []}
+    cells: dict[str, list[float]] = {"loop": []}  # items per second, each run
     levels: list[int] = []
+
+    def part(workers: int) -> list[Any]:
+        if not share:
+            return items
+        return items[: min(len(items), share * (workers if "sleep" in name else 1))]
+
     for _ in range(repeat):
-        cells["loop"].append(run_loop(fn, items))
+        cells["loop"].append(len(part(1)) / run_loop(fn, part(1)))
         for workers in counts:
-            cells.setdefault(str(workers), []).append(run_map(fn, items, workers, backend)[0])
+            cells.setdefault(str(workers), []).append(
+                len(part(workers)) / run_map(fn, part(workers), workers, backend)[0])
         seconds, stats = run_map(fn, items, None, backend)
-        cells.setdefault("adaptive", []).append(seconds)
+        cells.setdefault("adaptive", []).append(len(items) / seconds)
         levels.append(stats["level"])
-    rates = {key: len(items) / statistics.median(values) for key, values in cells.items()}
+    rates = {key: statistics.median(values) for key, values in cells.items()}
     best_fixed = max((key for key in rates if key.isdigit()), key=rates.__getitem__)
     return {"workload": name, "items": len(items), "rates": rates, "best_fixed": best_fixed,
             "adaptive_levels": levels,
@@ -157,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, GIL {'on' if gil_enabled() else 'off'}, "
           f"core {orderedtask.IMPLEMENTATION}, {os.cpu_count()} CPUs, median of {args.repeat}")
     results = []
-    for name, fn, items, backend, counts in workloads(args.quick):
-        row = measure(name, fn, items, backend, counts, args.repeat)
+    for name, fn, items, share, backend, counts in workloads(args.quick):
+        row = measure(name, fn, items, share, backend, counts, args.repeat)
         results.append(row)
         rates = row["rates"]
         print(f"\n{name} ({row['items']:,} items, backend {backend})")

@@ -6,7 +6,7 @@ the rate says so. It has no threads and no clock of its own: the caller passes t
 the running count of completed items to ``update``, which returns the level to run at. Level
 0 means that no worker runs: the consumer runs the work itself.
 
-Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay (the rate
+Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay, twice in a row (the rate
 rises by more than the noise, ``tolerance``); a step down is kept unless it costs (fewer
 workers are cheaper, so a flat stretch is walked down). Up from 0 the first step is to 2: one
 worker beside an idle consumer runs no faster than the consumer alone, so 1 would stop every
@@ -32,8 +32,10 @@ MIN_SAMPLES = 64
 MAX_INTERVAL = 1.0
 #: How long the consumer may go between readings: ``Tuner.tune`` says how many items that is.
 READING_SECONDS = 0.004
-#: The most items between readings (a reading costs about a microsecond).
+#: The most items between readings (a reading costs about a microsecond), and the number
+#: before the first rate is known.
 MAX_UNREAD = 256
+FIRST_UNREAD = 16
 #: The noise a move tolerates: a step up must raise the rate by more than this fraction, a
 #: step down may lower it by up to this fraction.
 TOLERANCE = 0.08
@@ -101,6 +103,7 @@ class ConcurrencyController:
         self._surprises = 0
         self._next_probe = 1
         self._probe_gap = reprobe
+        self._confirmed = False  # a step up paid once, and is measured again
         # The interval after a move is not measured: the window fills or drains then, and
         # completions run ahead of (or behind) the level's steady rate.
         self._warming = False
@@ -165,14 +168,33 @@ class ConcurrencyController:
             self.decisions.append(Decision(now, self.level, level, self.rate, reason))
             self.level = level
             self._warming = True
+            self._confirmed = False
 
     def _moved(self, now: float, rate: float) -> None:
         came_from = self._came_from
-        if came_from is not None and not self._accepts(self._direction, rate, came_from[1]):
+        if came_from is None:
+            self._continue(now, rate)
+            return
+        accepted = self._accepts(self._direction, rate, came_from[1])
+        if self._unconfirmed(accepted):
+            return
+        if not accepted:
             self._settle(now, came_from[0], came_from[1],
                          "the step did not pay" if self._direction > 0 else "the step cost")
             return
         self._continue(now, rate)
+
+    def _unconfirmed(self, accepted: bool) -> bool:
+        # Moving towards more workers needs two intervals in a row that say so: one lucky
+        # interval (the GIL handed round kindly, the collector idle) must not buy threads
+        # that then cost, nor one unlucky interval undo a step down. Towards fewer workers,
+        # one interval is enough.
+        towards_more = accepted if self._direction > 0 else not accepted
+        if not towards_more or self._confirmed:
+            self._confirmed = False
+            return False
+        self._confirmed = True
+        return True
 
     def _continue(self, now: float, rate: float) -> None:
         nxt = self._step(self.level, self._direction)
@@ -224,11 +246,15 @@ class ConcurrencyController:
     def _probed(self, now: float, rate: float) -> None:
         came_from = self._came_from
         assert came_from is not None
-        if self._accepts(self._direction, rate, came_from[1]):
+        accepted = self._accepts(self._direction, rate, came_from[1])
+        if self._unconfirmed(accepted):
+            return
+        if accepted:
             self._mode = "moving"  # keep going that way
             self._probe_gap = self.reprobe
             self._continue(now, rate)
             return
+        self._confirmed = False
         self._probe_gap = min(2 * self._probe_gap, MAX_REPROBE_SECONDS)
         self._mode = "settled"
         self._came_from = None
@@ -254,6 +280,8 @@ class Tuner:
         self.name = name
         self.clock = clock
         low = min(backend.min_level if inline else max(1, backend.min_level), max_workers)
+        if start is None and backend.start_at_ceiling:
+            start = max_workers
         first = None if start is None else max(low, min(start, max_workers))
         self.controller = ConcurrencyController(max_workers, min_level=low, start=first)
         self.threads: list[threading.Thread] = []
@@ -279,6 +307,8 @@ class Tuner:
         level = controller.update(self.clock(), completed)
         if level != self.engine.level:
             self._apply(level)
+        if not controller.rate:  # nothing measured yet: a reading per item would be the cost
+            return FIRST_UNREAD
         return max(1, min(MAX_UNREAD, int(controller.rate * READING_SECONDS)))
 
     def _apply(self, level: int) -> None:

@@ -40,6 +40,9 @@ class Backend:
 
     #: The fewest workers an adaptive pool runs: 0 where the consumer can run a batch itself.
     min_level = 1
+    #: Where an adaptive pool starts: at its ceiling (a process or an interpreter is slow to
+    #: start and is worth a CPU: climbing to them one by one costs more than stepping down).
+    start_at_ceiling = True
 
     def __init__(self, runner: Any, worker_init: WorkerInit | None) -> None:
         self.runner = runner

@@ -13,6 +13,7 @@ class ThreadBackend(Backend):
 
     batch_seconds = 0.002
     min_level = 0  # the consumer can run a batch itself: it is a thread of this process
+    start_at_ceiling = False  # threads are cheap, and 64 of them on GIL-bound work cost
 
     def __init__(self, runner: Any, worker_init: WorkerInit | None) -> None:
         super().__init__(runner, worker_init)
