@@ -31,9 +31,9 @@ class Pool:
     At most ``window`` tasks are accepted and not yet consumed; ``enqueue`` blocks beyond that.
     ``window=None`` means 1,024, or with the GIL off and the GC on a window sized from the
     first GC threshold (README, "Choosing the window"). ``workers=None`` is adaptive: it
-    starts with one worker and, while ``results()`` is consumed, follows the measured
-    throughput between 0 (the consumer runs tasks itself) and ``max_workers`` (default 64
-    threads, one per CPU for other backends).
+    starts with one thread (processes and others: ``max_workers`` of them) and, while
+    ``results()`` is consumed, follows the measured throughput between 0 (the consumer runs
+    tasks itself) and ``max_workers`` (default 64 threads, one per CPU for other backends).
     """
 
     def __init__(
@@ -70,8 +70,9 @@ class Pool:
         self._fixed_threads: list[threading.Thread] = []
         if fixed is not None:
             self._fixed_threads = self._backend.start(self._engine, fixed, "orderedtask")
-        else:  # one worker at first: tasks run even before anyone consumes
-            self._tuner = Tuner(self._engine, self._backend, "orderedtask", ceiling, start=1)
+        else:  # at least one worker at first: tasks run even before anyone consumes
+            start = None if self._backend.start_at_ceiling else 1
+            self._tuner = Tuner(self._engine, self._backend, "orderedtask", ceiling, start=start)
             self._tuner.start()
 
     @property
