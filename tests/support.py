@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterable
 from types import ModuleType
@@ -80,3 +81,36 @@ def fail_on_7(workerlocal: dict, task) -> None:
 
 def unpicklable_output(workerlocal: dict, task) -> None:
     task.output = threading.Lock() if task.input == 2 else task.input
+
+
+class sigint_after:
+    """Ctrl-C after ``seconds``, pressed again every 50 ms until one is raised, as a user would.
+
+    CPython loses a signal whose handler runs inside a finalizer (an exception there is
+    "ignored"): the process would then wait on. Only the first KeyboardInterrupt is raised;
+    ``join()`` stops the presses and puts the default handler back.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.raised = threading.Event()
+        self.stopped = threading.Event()
+        self.previous = signal.signal(signal.SIGINT, self._handler)
+        self.thread = threading.Thread(target=self._press, args=(seconds,), daemon=True)
+        self.thread.start()
+
+    def _handler(self, signum, frame) -> None:
+        if not self.raised.is_set():
+            self.raised.set()
+            raise KeyboardInterrupt
+
+    def _press(self, seconds: float) -> None:
+        if self.stopped.wait(seconds):
+            return
+        while not self.raised.is_set() and not self.stopped.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+            self.stopped.wait(0.05)
+
+    def join(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        signal.signal(signal.SIGINT, self.previous)

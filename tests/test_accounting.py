@@ -104,6 +104,23 @@ def test_an_input_whose_pickling_raises_anything_fails_only_itself(no_thread_lea
     assert "could not be pickled" in str(tasks[1].error)
 
 
+@pytest.mark.parametrize("backend", ["process", "executor"])
+def test_a_batch_of_nothing_but_unpicklable_inputs_keeps_each_items_own_error(
+        backend, no_thread_leak) -> None:
+    # Found by the long fuzz profile: with no input left to send, the batch came back as "no
+    # outcome came back" instead of each item's pickling error.
+    executor = ProcessPoolExecutor(1) if backend == "executor" else None
+    try:
+        with Pool(1, run_task, backend=executor or backend) as pool:
+            pool.enqueue(Task(0, Item(0, UNPICKLABLE_INPUT)))
+            pool.close()
+            task = next(pool.results())
+        assert isinstance(task.error, TypeError) and "input of task 0" in str(task.error)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
 def test_the_cli_reports_a_dead_worker_per_line_and_goes_on(tmp_path) -> None:
     import subprocess
     import sys

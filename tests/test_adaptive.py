@@ -361,3 +361,33 @@ def test_worker_init_failing_on_the_consumer_fails_the_tasks_it_ran(twin, monkey
     assert [t.index for t in tasks] == list(range(10))
     assert all(t.error is not None for t in tasks)
     pool.join()
+
+
+def _interpreters() -> bool:
+    try:
+        import concurrent.interpreters  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", [
+    "process",
+    "executor",
+    pytest.param("interpreter", marks=pytest.mark.skipif(
+        not _interpreters(), reason="subinterpreters (concurrent.interpreters) need 3.14+")),
+])
+def test_other_backends_adapt_between_one_and_their_ceiling(backend, no_thread_leak) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(3) if backend == "executor" else None
+    try:
+        stream = orderedtask.map_tasks(abs, range(-2_000, 2_000), max_workers=2,
+                                       backend=executor or backend)
+        tasks = list(stream)
+        assert [t.output for t in tasks] == [abs(i) for i in range(-2_000, 2_000)]
+        stats = stream.stats()
+        assert 1 <= stats["level"] <= 2 == stats["max_workers"]  # never 0: not in the consumer
+    finally:
+        if executor is not None:
+            executor.shutdown()

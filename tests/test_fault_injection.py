@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import orderedtask
 import orderedtask._core
+from support import sigint_after
 from faults import (DEATHS, DIE, PROCESS_FAULTS, THREAD_FAULTS, Item, check_outcome, run_item,
                     run_task)
 from orderedtask import Pool, PoolClosed, PoolTerminated, Task, WorkerInitError
@@ -428,37 +429,6 @@ def test_ctrl_c_at_every_point_of_the_consumer(twin, no_thread_leak) -> None:
     assert n > 1 or twin == "c"  # the compiled cursor runs no Python code to interrupt
 
 
-class sigint_after:
-    """Ctrl-C after ``seconds``, pressed again every 50 ms until one is raised, as a user would.
-
-    CPython loses a signal whose handler runs inside a finalizer (an exception there is
-    "ignored"): the process would then wait on. Only the first KeyboardInterrupt is raised;
-    ``join()`` stops the presses and puts the default handler back.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.raised = threading.Event()
-        self.stopped = threading.Event()
-        self.previous = signal.signal(signal.SIGINT, self._handler)
-        self.thread = threading.Thread(target=self._press, args=(seconds,), daemon=True)
-        self.thread.start()
-
-    def _handler(self, signum, frame) -> None:
-        if not self.raised.is_set():
-            self.raised.set()
-            raise KeyboardInterrupt
-
-    def _press(self, seconds: float) -> None:
-        if self.stopped.wait(seconds):
-            return
-        while not self.raised.is_set() and not self.stopped.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-            self.stopped.wait(0.05)
-
-    def join(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        signal.signal(signal.SIGINT, self.previous)
 
 
 @fuzz(12)

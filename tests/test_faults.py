@@ -10,6 +10,7 @@ import time
 import pytest
 
 import orderedtask
+from support import sigint_after
 from orderedtask import Pool, PoolClosed, Task
 
 
@@ -17,9 +18,9 @@ def noop(workerlocal: dict, task: Task) -> None:
     task.output = task.input
 
 
-def ctrl_c_soon() -> None:
+def ctrl_c_soon() -> sigint_after:
     """A real SIGINT, as Ctrl-C sends: it interrupts the main thread's blocking waits."""
-    threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGINT)).start()
+    return sigint_after(0.05)
 
 
 def test_keyboard_interrupt_in_the_consuming_thread(twin, no_thread_leak) -> None:
@@ -31,10 +32,13 @@ def test_keyboard_interrupt_in_the_consuming_thread(twin, no_thread_leak) -> Non
 
     pool = Pool(2, stuck)
     pool.enqueue(Task(0))
-    ctrl_c_soon()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in pool.results():
-            pass
+    presses = ctrl_c_soon()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in pool.results():
+                pass
+    finally:
+        presses.join()
     gate.set()
     with pytest.raises(PoolClosed):
         pool.enqueue(Task(1))
@@ -46,11 +50,14 @@ def test_keyboard_interrupt_while_iterating_map(twin, no_thread_leak) -> None:
         time.sleep(0.001)
         return x
 
-    ctrl_c_soon()
+    presses = ctrl_c_soon()
     seen = 0
-    with pytest.raises(KeyboardInterrupt):
-        for _ in orderedtask.map(slow, iter(int, 1), workers=2):  # endless
-            seen += 1
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in orderedtask.map(slow, iter(int, 1), workers=2):  # endless
+                seen += 1
+    finally:
+        presses.join()
     assert seen > 0
 
 

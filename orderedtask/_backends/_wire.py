@@ -91,10 +91,11 @@ def unpack_outcomes(indices: Sequence[int], packed: Sequence[bytes | None],
                     failed: dict[int, Outcome], where: str) -> list[Outcome]:
     """The near side: one outcome per item, in order, whatever could not cross."""
     outcomes: list[Outcome] = []
-    for position, (index, blob) in enumerate(zip(indices, packed)):
+    for position, index in enumerate(indices):
         if position in failed:
             outcomes.append(failed[position])
             continue
+        blob = packed[position] if position < len(packed) else None
         if blob is None:
             outcomes.append((None, RuntimeError(f"no outcome came back from {where} for task "
                                                 f"{index}")))
@@ -107,7 +108,4 @@ def unpack_outcomes(indices: Sequence[int], packed: Sequence[bytes | None],
                 f"{where}: {_describe(exc)}")))
             continue
         outcomes.append((output, error))
-    if len(packed) != len(indices):
-        outcomes.extend((None, RuntimeError(f"no outcome came back from {where} for task {i}"))
-                        for i in indices[len(packed):])
     return outcomes
