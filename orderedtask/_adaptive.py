@@ -10,9 +10,9 @@ Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pa
 rises by more than the noise, ``tolerance``); a step down is kept unless it costs (fewer
 workers are cheaper, so a flat stretch is walked down). Up from 0 the first step is to 2: one
 worker beside an idle consumer runs no faster than the consumer alone, so 1 would stop every
-climb. Settled, the controller re-probes a neighbour now and then (up and down in turn; less often while probes do not pay), and a
-rate that jumps away from its average twice in a row (the workload changed) starts a new
-move: up when the rate fell, down when it rose.
+climb. Settled, the controller re-probes a neighbour now and then (up and down in turn; less
+often while probes do not pay), and a rate that jumps away from its average twice in a row
+(the workload changed) starts the climb again from the fewest workers.
 """
 
 from __future__ import annotations
@@ -218,16 +218,18 @@ class ConcurrencyController:
         self._surprises = self._surprises + 1 if surprising else 0
         if self._surprises >= 2:
             # The workload changed: more workers may help if the rate fell, fewer if it rose.
+            # The workload changed: climb again from the fewest workers, as at the start. A
+            # walk from here would trust rates measured on the old workload, and GIL-bound
+            # work at many threads measures too noisily to walk down quickly.
             self._surprises = 0
             self._probe_gap = self.reprobe
             self._mode = "moving"
-            direction = 1 if rate < average else -1
-            if self._step(self.level, direction) is None:  # nowhere to go: a new baseline
-                self._settle(now, self.level, rate, "a new baseline")
-                return
-            self._direction = direction
+            self._direction = 1
             self._came_from = None
-            self._continue(now, rate)
+            if self.level == self.min_level:
+                self._continue(now, rate)
+            else:
+                self._go(now, self.min_level, "the workload changed: climbing again")
             return
         self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
         if now - self._settled_at < self._probe_gap:
