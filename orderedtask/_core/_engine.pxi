@@ -860,6 +860,10 @@ cdef class Engine:
                 self._unlock()
                 return False
             if worker >= self._level:  # parked: only set_level (or the end) wakes it
+                if self._queued:
+                    # It may have been woken (and counted) for this work: pass it on to a
+                    # worker that may take it, or to the consumer at level 0.
+                    self._wake_workers()
                 self._wait(&self._parked_cv, -1.0)
                 continue
             self._idle += 1

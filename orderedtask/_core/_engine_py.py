@@ -730,6 +730,10 @@ class Engine:
                 if self._closed and not self._parked_count and not self._queued:
                     return None
                 if worker >= self._level:  # parked: only set_level (or the end) wakes it
+                    if self._queued:
+                        # It may have been woken (and counted) for this work: pass it on to
+                        # a worker that may take it, or to the consumer at level 0.
+                        self._wake_workers()
                     self._parked_cv.wait()
                     continue
                 self._idle += 1
