@@ -456,15 +456,18 @@ def test_a_real_ctrl_c_in_a_producer_waiting_for_room(twin, delay, window) -> No
             timer.join()
     gate.set()
     terminated = pool._engine.stopping  # Ctrl-C landed mid-update: the pool says so
+    taken = pool.stats()["accepted"]
     if not terminated:
-        assert pool.stats()["accepted"] == accepted  # the interrupted enqueue accepted nothing
+        # The interrupted enqueue accepted nothing; or it had returned, and the Ctrl-C landed
+        # in this test's own line before it counted the task: the pool's count is the truth.
+        assert taken in (accepted, accepted + 1)
     pool.close()
     got, error = drain(pool)
     if terminated:
         assert error is None or isinstance(error, PoolTerminated)
         assert got == list(range(len(got)))
     else:
-        assert error is None and got == list(range(accepted))
+        assert error is None and got == list(range(taken))
     assert pool.join(WAIT)
 
 
