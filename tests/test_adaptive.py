@@ -337,7 +337,7 @@ def test_max_workers_is_checked_before_anything_starts(bad, error) -> None:
         orderedtask.map(str, [1], max_workers=bad)
     with pytest.raises(error, match="max_workers"):
         Pool(None, lambda wl, t: None, max_workers=bad)
-    assert pool_threads() == before
+    assert pool_threads() <= before  # none started (an earlier test's may still be ending)
 
 
 def test_a_fixed_count_is_kept(twin) -> None:

@@ -1005,6 +1005,11 @@ class Engine:
             if cursor._state != _ACTIVE:
                 return
             self._dropped += unyielded
+            if self._released and cursor._buffer:
+                # Interrupted between moving slots to the cursor and clearing them here:
+                # they are the cursor's (counted in ``unyielded``), not the engine's.
+                held = {id(slot) for slot in cursor._buffer}
+                self._released = deque(s for s in self._released if id(s) not in held)
             if terminate:
                 first = not self._stopping
                 dropped = self._terminate_locked()
@@ -1013,12 +1018,15 @@ class Engine:
             cursor._state = _DONE
         self._after_terminate(first, dropped, waker)
 
-    def _next_released(self, credit: int, waker: Callable[[], Any] | None = None,
-                       inline: bool = False) -> list[_Slot] | Batch | None | object:
-        """The released slots, in order; None at the end; _STOPPED once terminated.
+    def _next_released(self, credit: int, buffer: deque[_Slot],
+                       waker: Callable[[], Any] | None = None,
+                       inline: bool = False) -> bool | Batch | None | object:
+        """Move the released slots, in order, into the cursor's ``buffer``: True; None at the
+        end; _STOPPED once terminated. (Moved under the lock, so that a Ctrl-C never finds a
+        slot in neither place; one in both is counted once, see ``_release``.)
 
         ``credit`` items were consumed since the last call: they leave the window. With
-        ``waker``, returns [] instead of waiting and calls ``waker`` once something changes.
+        ``waker``, returns False instead of waiting and calls ``waker`` once something changes.
         With ``inline`` at level 0, returns a queued ``Batch`` for the consumer to run
         instead of waiting for workers that are parked.
         """
@@ -1042,11 +1050,11 @@ class Engine:
                         return _PULL  # the same test as _claim_pull's
                 if waker is not None:
                     self._waker = waker
-                    return []
+                    return False
                 self._wait(self._results)
-            slots = list(self._released)
+            buffer.extend(self._released)
             self._released.clear()
-            return slots
+            return True
 
     def _take_waker(self) -> Callable[[], Any] | None:
         waker, self._waker = self._waker, None
@@ -1307,8 +1315,11 @@ class Cursor:
                         return value
                     self._fold()
                 helper.tune(engine._finished)
-            got = engine._next_released(self._credit, waker, helper is not None and waker is None)
+            got = engine._next_released(self._credit, buffer, waker,
+                                        helper is not None and waker is None)
             self._credit = 0
+            if got is True:
+                continue
             if isinstance(got, Batch):
                 self._run_inline(got)
                 continue
@@ -1322,9 +1333,8 @@ class Cursor:
                 raise StopIteration
             if got is _STOPPED:
                 self._report_termination()
-            if not got:
+            if got is False:
                 return NOT_READY
-            buffer.extend(got)  # type: ignore[arg-type]
         position = self._pos
         self._pos += 1
         self._credit += 1
