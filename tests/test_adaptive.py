@@ -169,6 +169,16 @@ class Scripted:
         return self.level
 
 
+class AlwaysZero(Scripted):
+    """Level 0 from the start (a Pool's first level too), whatever is measured."""
+
+    CYCLE = (0,)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.level = 0
+
+
 @pytest.fixture
 def scripted(monkeypatch):
     made: list[Scripted] = []
@@ -265,13 +275,6 @@ def test_pool_keeps_every_guarantee_through_level_changes(twin, scripted) -> Non
 
 
 def test_level_0_runs_on_the_consumer_and_starts_no_thread(twin, monkeypatch) -> None:
-    class AlwaysZero(Scripted):
-        CYCLE = (0,)
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.level = 0  # a Pool's first level too
-
     monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
     before = pool_threads()
     seen = set()
@@ -347,13 +350,6 @@ def test_a_fixed_count_is_kept(twin) -> None:
 
 
 def test_worker_init_failing_on_the_consumer_fails_the_tasks_it_ran(twin, monkeypatch) -> None:
-    class AlwaysZero(Scripted):
-        CYCLE = (0,)
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.level = 0  # a Pool's first level too
-
     monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
 
     def init(workerlocal):

@@ -75,6 +75,17 @@ def _level_note(stats: dict[str, Any]) -> str:
     return f"level {stats['level']} ({where}); last decision: {why}"
 
 
+def _loop(fn: Any, expected: list[int], bodies: list[bytes]) -> float:
+    """The plain loop every variant is compared with: its seconds."""
+    check = _OrderCheck(expected)
+    started = time.perf_counter()
+    for offset, body in zip(expected, bodies):
+        check(offset, fn(body))
+    elapsed = time.perf_counter() - started
+    check.done(len(expected))
+    return elapsed
+
+
 def _drain_pool(workers: int | None, fn: Any, expected: list[int], bodies: list[bytes],
                 window: int | None) -> tuple[float, dict[str, Any]]:
     check = _OrderCheck(expected)
@@ -146,12 +157,7 @@ def run(count: int, workers: int | None, decoder: str, window: int | None) -> in
 
     # 1. Decoding only: every variant streams (decode, check order, drop), as a consumer
     # that commits offsets would.
-    check = _OrderCheck(expected)
-    started = time.perf_counter()
-    for offset, body in zip(expected, bodies):
-        check(offset, loads(body))
-    base = time.perf_counter() - started
-    check.done(count)
+    base = _loop(loads, expected, bodies)
 
     def decode(workerlocal: dict[str, Any], task: Task) -> None:
         task.output = loads(task.input)
@@ -180,12 +186,7 @@ def run(count: int, workers: int | None, decoder: str, window: int | None) -> in
         time.sleep(IO_SECONDS)
         return doc
 
-    check = _OrderCheck(expected_io)
-    started = time.perf_counter()
-    for offset, body in zip(expected_io, bodies_io):
-        check(offset, decode_and_wait(body))
-    io_base = time.perf_counter() - started
-    check.done(small)
+    io_base = _loop(decode_and_wait, expected_io, bodies_io)
     io_seconds, io_stats = _drain_map(workers, decode_and_wait, expected_io, bodies_io, window)
     _table(f"2. decode + {IO_SECONDS * 1000:g} ms of I/O per message ({small:,} messages)", small,
            [("plain loop (sequential)", io_base, ""),
