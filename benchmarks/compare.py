@@ -162,20 +162,25 @@ def run_orderedtask_pool(fn: Callable[[Any], Any], items: list[Any], workers: in
         task.output = fn(task.input)
 
     with Pool(workers, work) as pool:
-        def produce() -> None:
-            try:
-                pool.enqueue_many(Task(i, x) for i, x in enumerate(items))
-            finally:
-                pool.close()
+        return drain_pool(pool, items)
 
-        producer = threading.Thread(target=produce, name="compare-producer", daemon=True)
-        producer.start()
-        out = []
-        for task in pool.results():
-            if task.error is not None:
-                raise task.error
-            out.append(task.output)
-        producer.join()
+
+def drain_pool(pool: Pool, items: list[Any]) -> list[Any]:
+    """Feed ``items`` as Tasks from a producer thread, close, and collect the outputs in order."""
+    def produce() -> None:
+        try:
+            pool.enqueue_many(Task(i, x) for i, x in enumerate(items))
+        finally:
+            pool.close()
+
+    producer = threading.Thread(target=produce, name="compare-producer", daemon=True)
+    producer.start()
+    out = []
+    for task in pool.results():
+        if task.error is not None:
+            raise task.error
+        out.append(task.output)
+    producer.join()
     return out
 
 

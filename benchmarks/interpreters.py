@@ -25,7 +25,6 @@ import gc
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -36,7 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # measure this checkout (its in-place build), not an install
 
 import orderedtask  # noqa: E402
-from benchmarks.compare import _chunksize, calibrate_spin, spin  # noqa: E402
+from benchmarks.compare import _chunksize, calibrate_spin, drain_pool, spin  # noqa: E402
 from orderedtask import Pool, Task  # noqa: E402
 
 Run = Callable[[list[int], int], list[Any]]
@@ -69,21 +68,7 @@ def spin_task(workerlocal: dict[str, Any], task: Task) -> None:
 
 def ot_pool_interpreter(items: list[int], workers: int) -> list[Any]:
     with Pool(workers, spin_task, backend="interpreter") as pool:
-        def produce() -> None:
-            try:
-                pool.enqueue_many([Task(i, x) for i, x in enumerate(items)])
-            finally:
-                pool.close()
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        out = []
-        for task in pool.results():
-            if task.error is not None:
-                raise task.error
-            out.append(task.output)
-        producer.join()
-    return out
+        return drain_pool(pool, items)
 
 
 def thread_pool(items: list[int], workers: int) -> list[Any]:
