@@ -7,12 +7,15 @@ the running count of completed items to ``update``, which returns the level to r
 0 means that no worker runs: the consumer runs the work itself.
 
 Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay, twice in a row (the rate
-rises by more than the noise, ``tolerance``); a step down is kept unless it costs (fewer
-workers are cheaper, so a flat stretch is walked down). Up from 0 the first step is to 2: one
+rises by more than the noise, ``tolerance``; once is enough when it rises by half); a step
+down is kept unless it costs (fewer workers are cheaper, so a flat stretch is walked down),
+and a step up that clearly costs is undone after half an interval. Up from 0 the first step is to 2: one
 worker beside an idle consumer runs no faster than the consumer alone, so 1 would stop every
 climb. Settled, the controller re-probes a neighbour now and then (up and down in turn; less
-often while probes do not pay), and a rate that jumps away from its average twice in a row
-(the workload changed) starts the climb again from the fewest workers.
+often while probes do not pay). The workload changed, and the climb starts again from the
+fewest workers, when a level runs at a rate far from the one it ran at before (in any mode:
+a change during a climb is caught too), or when a settled rate jumps away from its average
+twice in a row.
 """
 
 from __future__ import annotations
@@ -39,12 +42,20 @@ FIRST_UNREAD = 16
 #: The noise a move tolerates: a step up must raise the rate by more than this fraction, a
 #: step down may lower it by up to this fraction.
 TOLERANCE = 0.08
+#: A step up that raises the rate by this factor needs no second interval to confirm it.
+STRONG_GAIN = 1.5
+#: A step up whose rate falls below this fraction of the rate before it is undone after half
+#: an interval (GIL-bound work at 2 workers runs at a quarter of the consumer's rate).
+CLEAR_LOSS = 0.5
 #: How soon a settled controller tries a neighbour, in seconds; each probe that does not
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
-REPROBE_SECONDS = 0.5
+REPROBE_SECONDS = 1.0
 MAX_REPROBE_SECONDS = 8.0
-#: A settled rate this far from its average, twice in a row, is a change of workload.
+#: A settled rate this far from its average, twice in a row, is a change of workload ...
 STEP_CHANGE = 0.35
+#: ... and so is a level's rate this many times above or below the one it ran at last (the
+#: noise at one level is tens of percent; a changed workload is several times).
+LEVEL_CHANGE = 2.5
 #: How many decisions ``decisions`` keeps.
 HISTORY = 64
 
@@ -104,9 +115,10 @@ class ConcurrencyController:
         self._next_probe = 1
         self._probe_gap = reprobe
         self._confirmed = False  # a step up paid once, and is measured again
-        # The interval after a move is not measured: the window fills or drains then, and
-        # completions run ahead of (or behind) the level's steady rate.
-        self._warming = False
+        # The interval after a move (and the first) is not measured: the window fills or
+        # drains then, and completions run ahead of (or behind) the level's steady rate.
+        self._warming = min_interval  # seconds; the first a whole interval (cold caches)
+        self._rates: dict[int, float] = {}  # level -> the rate it ran at last
 
     def update(self, now: float, completed: int) -> int:
         """Take a reading (a time, the running total of completed items); return the level."""
@@ -114,16 +126,21 @@ class ConcurrencyController:
             self._since, self._count = now, completed
             return self.level
         elapsed, done = now - self._since, completed - self._count
-        if self._warming:  # half an interval, not measured
-            if elapsed >= self.min_interval / 2:
-                self._warming = False
+        if self._warming:  # not measured
+            if elapsed >= self._warming:
+                self._warming = 0.0
                 self._since, self._count = now, completed
             return self.level
-        if elapsed < self.min_interval or (done < self.min_samples
-                                           and elapsed < self.max_interval):
+        if not self._clearly_lost(elapsed, done) and (
+                elapsed < self.min_interval
+                or (done < self.min_samples and elapsed < self.max_interval)):
             return self.level
         self._since, self._count = now, completed
         self.rate = done / elapsed
+        if self._level_changed(self.rate):
+            self._restart(now, self.rate)
+            return self.level
+        self._rates[self.level] = self.rate
         if self._mode == "moving":
             self._moved(now, self.rate)
         elif self._mode == "probing":
@@ -156,6 +173,20 @@ class ConcurrencyController:
             return above[0] if above else None
         return below[-1] if below else None
 
+    def _clearly_lost(self, elapsed: float, done: int) -> bool:
+        # Half an interval is enough to undo a step up that costs half the rate: a probe of
+        # GIL-bound work runs at a quarter of the consumer's speed, and each one costs that.
+        came_from = self._came_from
+        return (came_from is not None and self._direction > 0
+                and elapsed >= self.min_interval / 2 and done >= self.min_samples // 2
+                and done < CLEAR_LOSS * came_from[1] * elapsed)
+
+    def _level_changed(self, rate: float) -> bool:
+        # The same level, several times faster or slower than last time: not noise. (A stall,
+        # nothing completed, says nothing about the workload.)
+        before = self._rates.get(self.level, 0.0)
+        return rate > 0 and before > 0 and not before / LEVEL_CHANGE < rate < before * LEVEL_CHANGE
+
     def _accepts(self, direction: int, rate: float, before: float) -> bool:
         if direction > 0:
             return rate > before * (1.0 + self.tolerance)
@@ -167,8 +198,23 @@ class ConcurrencyController:
         if level != self.level:
             self.decisions.append(Decision(now, self.level, level, self.rate, reason))
             self.level = level
-            self._warming = True
+            self._warming = self.min_interval / 2
             self._confirmed = False
+
+    def _restart(self, now: float, rate: float) -> None:
+        # The workload changed: climb again from the fewest workers, as at the start. A walk
+        # from here would trust rates measured on the old workload, and GIL-bound work at
+        # many threads measures too noisily to walk down quickly.
+        self._surprises = 0
+        self._probe_gap = self.reprobe
+        self._rates = {self.level: rate}
+        self._mode = "moving"
+        self._direction = 1
+        self._came_from = None
+        if self.level == self.min_level:
+            self._continue(now, rate)
+        else:
+            self._go(now, self.min_level, "the workload changed: climbing again")
 
     def _moved(self, now: float, rate: float) -> None:
         came_from = self._came_from
@@ -176,7 +222,7 @@ class ConcurrencyController:
             self._continue(now, rate)
             return
         accepted = self._accepts(self._direction, rate, came_from[1])
-        if self._unconfirmed(accepted):
+        if self._unconfirmed(accepted, rate, came_from[1]):
             return
         if not accepted:
             self._settle(now, came_from[0], came_from[1],
@@ -184,13 +230,15 @@ class ConcurrencyController:
             return
         self._continue(now, rate)
 
-    def _unconfirmed(self, accepted: bool) -> bool:
+    def _unconfirmed(self, accepted: bool, rate: float, before: float) -> bool:
         # Moving towards more workers needs two intervals in a row that say so: one lucky
         # interval (the GIL handed round kindly, the collector idle) must not buy threads
         # that then cost, nor one unlucky interval undo a step down. Towards fewer workers,
-        # one interval is enough.
+        # or on a strong signal (the rate rose or fell by half), one interval is enough.
         towards_more = accepted if self._direction > 0 else not accepted
-        if not towards_more or self._confirmed:
+        strong = rate > before * STRONG_GAIN if self._direction > 0 else (
+            rate * STRONG_GAIN < before)
+        if not towards_more or strong or self._confirmed:
             self._confirmed = False
             return False
         self._confirmed = True
@@ -208,7 +256,7 @@ class ConcurrencyController:
         self._mode = "settled"
         self._came_from = None
         self._settled_at = now
-        self._average = rate
+        self._average = 0.0  # measured afresh: ``rate`` may be from a while ago, or a warm-up
         self._surprises = 0
         self._go(now, level, f"settled: {reason}")
 
@@ -217,19 +265,7 @@ class ConcurrencyController:
         surprising = average > 0 and abs(rate - average) > STEP_CHANGE * average
         self._surprises = self._surprises + 1 if surprising else 0
         if self._surprises >= 2:
-            # The workload changed: more workers may help if the rate fell, fewer if it rose.
-            # The workload changed: climb again from the fewest workers, as at the start. A
-            # walk from here would trust rates measured on the old workload, and GIL-bound
-            # work at many threads measures too noisily to walk down quickly.
-            self._surprises = 0
-            self._probe_gap = self.reprobe
-            self._mode = "moving"
-            self._direction = 1
-            self._came_from = None
-            if self.level == self.min_level:
-                self._continue(now, rate)
-            else:
-                self._go(now, self.min_level, "the workload changed: climbing again")
+            self._restart(now, rate)
             return
         self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
         if now - self._settled_at < self._probe_gap:
@@ -249,7 +285,7 @@ class ConcurrencyController:
         came_from = self._came_from
         assert came_from is not None
         accepted = self._accepts(self._direction, rate, came_from[1])
-        if self._unconfirmed(accepted):
+        if self._unconfirmed(accepted, rate, came_from[1]):
             return
         if accepted:
             self._mode = "moving"  # keep going that way

@@ -122,14 +122,71 @@ def test_it_follows_a_step_change_within_a_second() -> None:
     # Settled again, between probes (a probe visits a neighbour for one interval).
     assert average_rate(trace, changing, 5.0) >= 0.9 * best(changing, controller.levels, 5.0)
 
-    def back(t: float, level: int) -> float:  # GIL-bound first, then waits
-        return gil_bound(t, level) / 1000 if t < 4.0 else io_bound(t, level)
+    def back(t: float, level: int) -> float:  # GIL-bound decoding first, then waits
+        return gil_bound(t, level) if t < 4.0 else io_bound(t, level)
 
     controller = ConcurrencyController(64)
     trace = simulate(controller, back, 8.0)
     assert average_rate(trace, back, 2.0, 4.0) >= 0.9 * best(back, controller.levels, 2.0)
     assert reached(trace, 4.0, lambda level: level == 64) < 1.0
     assert average_rate(trace, back, 5.0) >= 0.9 * best(io_bound, controller.levels)
+
+
+@pytest.mark.parametrize("change_at", [2.0, 2.013, 2.05, 2.11, 2.3, 2.77])
+def test_a_change_during_a_climb_or_a_probe_is_followed_within_a_second(change_at) -> None:
+    # The waits end while the controller is anywhere in its climb or its probes: the level it
+    # is at runs several times faster than it did, and it walks straight down.
+    def changing(t: float, level: int) -> float:
+        return io_bound(t, level) if t < change_at else gil_bound(t, level)
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, changing, change_at + 3.0)
+    assert reached(trace, change_at, lambda level: level == 0) < 1.0
+    assert average_rate(trace, changing, change_at + 1.0) >= 0.9 * best(gil_bound, controller.levels)
+
+
+def test_a_change_the_current_level_cannot_see_is_found_by_the_next_probe() -> None:
+    # At level 0 both workloads run at the same rate (1 ms of work inline), but the second
+    # one waits instead of computing: only a probe finds that, within the longest gap.
+    def hidden(t: float, level: int) -> float:
+        return gil_bound(t, level) / 1000 if t < 4.0 else io_bound(t, level)
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, hidden, 20.0)
+    assert reached(trace, 4.0, lambda level: level == 64) < _adaptive.MAX_REPROBE_SECONDS + 1.0
+
+
+def test_a_slow_first_interval_does_not_restart_the_climb() -> None:
+    # The first readings run slow (threads starting, caches cold): once settled at level 0,
+    # the controller stays there instead of taking the warm rate for a change of workload.
+    def warming(t: float, level: int) -> float:
+        return gil_bound(t, level) * (0.4 if t < 0.05 else 1.0)
+
+    controller = ConcurrencyController(64)
+    simulate(controller, warming, 0.9)
+    assert [d.reason for d in controller.decisions] == [
+        "stepping up", "settled: the step did not pay"]
+
+
+def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
+    def contended(t: float, level: int) -> float:  # as measured: a quarter, at any workers
+        return 1_000_000 / (1.0 + 3.0 * min(level, 1))
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, contended, 0.5)
+    first_up = next(t for t, level in trace if level == 2)
+    back = next(t for t, level in trace if t > first_up and level == 0)
+    # Half an interval of warm-up, half an interval measured.
+    assert back - first_up <= _adaptive.MIN_INTERVAL + 2 * DT
+
+
+def test_a_strong_gain_needs_no_confirmation() -> None:
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, io_bound, 2.0)
+    # Each rung doubles the rate: one warm-up and one interval per rung (at level 0, 64
+    # samples at 1,000 a second), 0 -> 2 -> ... -> 64.
+    arrived = reached(trace, 0.0, lambda level: level == 64)
+    assert arrived <= 0.1 + 6 * 1.5 * _adaptive.MIN_INTERVAL + 10 * DT
 
 
 def test_raise_floor_lifts_the_level() -> None:
