@@ -63,6 +63,10 @@ class Pool:
                                     batch_seconds=self._backend.batch_seconds,
                                     on_terminate=self._backend.stopper())
         self._workers = fixed
+        if type(self).enqueue is Pool.enqueue:
+            # The engine's own method, one C call: the wrapper below would add a Python frame
+            # per task to the hand-off (same arguments, same errors, same docstring's rules).
+            self.enqueue = self._engine.put_task  # type: ignore[method-assign]
         # The finalizer reaches the engine only (and through it the backend's stopper), never
         # fn: a pool that fn refers to is still collected, and that terminates it.
         self._finalizer = weakref.finalize(self, self._engine.terminate_soon)

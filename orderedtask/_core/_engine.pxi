@@ -24,6 +24,11 @@ cdef unsigned long _main_thread = threading.main_thread().ident
 #: How many items the feeder pulls at once from a source whose pulls never block.
 PULL_BATCH = 256
 cdef Py_ssize_t _PULL_BATCH = 256
+#: The most items the consumer runs at once at level 0 (whole slots): no other thread to hand
+#: them to, so nothing to amortize but a lock round, and outputs made in one go stay alive
+#: until yielded, where a cyclic-GC pass would find them (a loop's outputs die at once).
+INLINE_BATCH = 32
+cdef Py_ssize_t _INLINE_BATCH = 32
 #: A level that parks no worker (fixed pools).
 UNLIMITED = sys.maxsize
 cdef Py_ssize_t _UNLIMITED = sys.maxsize
@@ -1230,7 +1235,7 @@ cdef class Engine:
                 break
             if inline and self._level == 0:
                 if self._queued:
-                    self._take_slots(self._max_batch, cursor._inline_slots,
+                    self._take_slots(_INLINE_BATCH, cursor._inline_slots,
                                      cursor._inline_keys)
                     if not cursor._inline_slots.empty():
                         found = INLINE

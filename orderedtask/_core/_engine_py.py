@@ -75,6 +75,10 @@ def as_timeout(timeout: object) -> float | None:
 MAX_BATCH = 4096
 #: How many items the feeder pulls at once from a source whose pulls never block.
 PULL_BATCH = 256
+#: The most items the consumer runs at once at level 0 (whole slots): no other thread to hand
+#: them to, so nothing to amortize but a lock round, and outputs made in one go stay alive
+#: until yielded, where a cyclic-GC pass would find them (a loop's outputs die at once).
+INLINE_BATCH = 32
 # Iterators whose next() never waits for anything: the feeder may pull many in a row.
 _SOURCES: tuple[Any, ...] = ([], (), range(0), range(2**64), "", b"", bytearray(), {}, {}.values(),
                              {}.items(), set(), frozenset())
@@ -1041,7 +1045,7 @@ class Engine:
                     return None
                 if inline and self._level == 0:
                     if self._queued:
-                        batch = self._take_slots(self._max_batch)
+                        batch = self._take_slots(INLINE_BATCH)
                         if batch is not None:
                             return batch
                         continue  # every queued item was parked behind a running key
