@@ -25,7 +25,7 @@ if ROOT not in sys.path:
 
 import orderedtask  # noqa: E402
 from orderedtask._core import gil_enabled  # noqa: E402
-from orderedtask._demo import make_messages  # noqa: E402
+from orderedtask._cli._demo import make_messages  # noqa: E402
 
 ROUNDS = 40  # transform loop length per round; calibrated to --transform-us
 

@@ -37,7 +37,7 @@ def loop():
     for b in bodies: orjson.loads(b)
 def decode(wl, t): t.output = orjson.loads(t.input)
 def pool():
-    with Pool(workers or 2, decode) as p:
+    with Pool(workers, decode) as p:
         def produce():
             for s in range(0, len(exp), 256):
                 p.enqueue_many([Task(o, b) for o, b in zip(exp[s:s+256], bodies[s:s+256])])

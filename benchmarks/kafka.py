@@ -40,7 +40,7 @@ from confluent_kafka import Consumer  # noqa: E402
 import orderedtask  # noqa: E402
 from orderedtask._core import gil_enabled  # noqa: E402
 from orderedtask._decode import pick_decoder  # noqa: E402
-from orderedtask._demo import make_messages  # noqa: E402
+from orderedtask._cli._demo import make_messages  # noqa: E402
 from orderedtask.kafka import ParallelConsumer, Record  # noqa: E402
 from orderedtask.kafka._demo import MockKafka  # noqa: E402
 

@@ -27,7 +27,7 @@ if ROOT not in sys.path:
 import orderedtask  # noqa: E402
 from freethreading import calibrate, transform  # noqa: E402
 from orderedtask._core import gil_enabled  # noqa: E402
-from orderedtask._demo import make_messages  # noqa: E402
+from orderedtask._cli._demo import make_messages  # noqa: E402
 
 WINDOWS = [256, 512, 1024, 2048, 4096, 16384]
 
