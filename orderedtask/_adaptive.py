@@ -6,16 +6,16 @@ the rate says so. It has no threads and no clock of its own: the caller passes t
 the running count of completed items to ``update``, which returns the level to run at. Level
 0 means that no worker runs: the consumer runs the work itself.
 
-Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay, twice in a row (the rate
-rises by more than the noise, ``tolerance``; once is enough when it rises by half); a step
-down is kept unless it costs (fewer workers are cheaper, so a flat stretch is walked down),
-and a step up that clearly costs is undone after half an interval. Up from 0 the first step is to 2: one
-worker beside an idle consumer runs no faster than the consumer alone, so 1 would stop every
-climb. Settled, the controller re-probes a neighbour now and then (up and down in turn; less
-often while probes do not pay). The workload changed, and the climb starts again from the
-fewest workers, when a level runs at a rate far from the one it ran at before (in any mode:
-a change during a climb is caught too), or when a settled rate jumps away from its average
-twice in a row.
+Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay, twice in
+a row (the rate rises by more than the noise, ``tolerance``; once is enough when it rises by
+half, and a step that scales linearly skips a rung next); a step down is kept unless it costs
+(fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly costs
+is undone after half an interval. Up from 0 the first step is to 2: one worker beside an idle
+consumer runs no faster than the consumer alone, so 1 would stop every climb. Settled, the
+controller re-probes a neighbour now and then (up and down in turn; less often while probes
+do not pay). The workload changed, and the climb starts again from the fewest workers, when
+a level runs at a rate far from the one it ran at before (in any mode: a change during a
+climb is caught too), or when a settled rate jumps away from its average twice in a row.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ FIRST_UNREAD = 16
 TOLERANCE = 0.08
 #: A step up that raises the rate by this factor needs no second interval to confirm it.
 STRONG_GAIN = 1.5
+#: A step up that raises the rate by this fraction of the factor it adds workers by (work
+#: that waits: I/O, sleeps) skips a rung on the way up.
+LINEAR = 0.9
 #: A step up whose rate falls below this fraction of the rate before it is undone after half
 #: an interval (GIL-bound work at 2 workers runs at a quarter of the consumer's rate).
 CLEAR_LOSS = 0.5
@@ -249,8 +252,22 @@ class ConcurrencyController:
         if nxt is None:
             self._settle(now, self.level, rate, "at the end of the ladder")
             return
+        reason = "stepping up" if self._direction > 0 else "stepping down"
+        if self._direction > 0 and self._scaled_linearly(rate):
+            further = self._step(nxt, 1)
+            if further is not None:  # a probe finds the rung skipped if it was the best
+                nxt, reason = further, "stepping up two rungs (the last step scaled linearly)"
         self._came_from = (self.level, rate)
-        self._go(now, nxt, "stepping up" if self._direction > 0 else "stepping down")
+        self._go(now, nxt, reason)
+
+    def _scaled_linearly(self, rate: float) -> bool:
+        # The step just measured raised the rate as much as it added workers (the consumer
+        # alone counts as one): the work waits, so the climb can go faster.
+        came_from = self._came_from
+        if came_from is None or came_from[1] <= 0 or self.level <= came_from[0]:
+            return False
+        added = max(self.level, 1) / max(came_from[0], 1)
+        return rate >= LINEAR * added * came_from[1]
 
     def _settle(self, now: float, level: int, rate: float, reason: str) -> None:
         self._mode = "settled"

@@ -180,6 +180,19 @@ def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
     assert back - first_up <= _adaptive.MIN_INTERVAL + 2 * DT
 
 
+def test_a_linear_climb_skips_rungs_and_a_probe_finds_a_skipped_best() -> None:
+    controller = ConcurrencyController(64)
+    simulate(controller, io_bound, 1.0)
+    assert [(d.previous, d.level) for d in controller.decisions][:3] == [(0, 2), (2, 8), (8, 32)]
+
+    def best_at_16(t: float, level: int) -> float:  # linear to 8, best at 16, worse beyond
+        return 1000.0 * {0: 1, 1: 1, 2: 2, 4: 4, 8: 8, 16: 12}.get(level, 6)
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, best_at_16, 6.0)
+    assert average_rate(trace, best_at_16, 3.0) >= 0.9 * best(best_at_16, controller.levels)
+
+
 def test_a_strong_gain_needs_no_confirmation() -> None:
     controller = ConcurrencyController(64)
     trace = simulate(controller, io_bound, 2.0)
