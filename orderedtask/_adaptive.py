@@ -56,9 +56,10 @@ REPROBE_SECONDS = 1.0
 MAX_REPROBE_SECONDS = 8.0
 #: A settled rate this far from its average, twice in a row, is a change of workload ...
 STEP_CHANGE = 0.35
-#: ... and so is a level's rate this many times above or below the one it ran at last (the
-#: noise at one level is tens of percent; a changed workload is several times).
-LEVEL_CHANGE = 2.5
+#: ... and so is a level's rate this many times above or below the one it ran at before,
+#: twice in a row (noise at one level is tens of percent, now and then an odd interval; a
+#: changed workload is several times, and stays).
+LEVEL_CHANGE = 4.0
 #: How many decisions ``decisions`` keeps.
 HISTORY = 64
 
@@ -121,7 +122,8 @@ class ConcurrencyController:
         # The interval after a move (and the first) is not measured: the window fills or
         # drains then, and completions run ahead of (or behind) the level's steady rate.
         self._warming = min_interval  # seconds; the first a whole interval (cold caches)
-        self._rates: dict[int, float] = {}  # level -> the rate it ran at last
+        self._rates: dict[int, float] = {}  # level -> the rate it ran at last (not odd)
+        self._odd = 0  # readings in a row at this level far from its rate
 
     def update(self, now: float, completed: int) -> int:
         """Take a reading (a time, the running total of completed items); return the level."""
@@ -143,7 +145,6 @@ class ConcurrencyController:
         if self._level_changed(self.rate):
             self._restart(now, self.rate)
             return self.level
-        self._rates[self.level] = self.rate
         if self._mode == "moving":
             self._moved(now, self.rate)
         elif self._mode == "probing":
@@ -185,10 +186,17 @@ class ConcurrencyController:
                 and done < CLEAR_LOSS * came_from[1] * elapsed)
 
     def _level_changed(self, rate: float) -> bool:
-        # The same level, several times faster or slower than last time: not noise. (A stall,
-        # nothing completed, says nothing about the workload.)
+        # The same level, several times faster or slower than it ran before, twice in a row:
+        # not noise (one interval in many threads' GIL convoy can be). A stall, nothing
+        # completed, says nothing about the workload.
         before = self._rates.get(self.level, 0.0)
-        return rate > 0 and before > 0 and not before / LEVEL_CHANGE < rate < before * LEVEL_CHANGE
+        if rate > 0 and before > 0 and not before / LEVEL_CHANGE < rate < before * LEVEL_CHANGE:
+            self._odd += 1
+            return self._odd >= 2
+        self._odd = 0
+        if rate > 0:
+            self._rates[self.level] = rate
+        return False
 
     def _accepts(self, direction: int, rate: float, before: float) -> bool:
         if direction > 0:
@@ -202,6 +210,7 @@ class ConcurrencyController:
             self.decisions.append(Decision(now, self.level, level, self.rate, reason))
             self.level = level
             self._warming = self.min_interval / 2
+            self._odd = 0
             self._confirmed = False
 
     def _restart(self, now: float, rate: float) -> None:
@@ -211,6 +220,7 @@ class ConcurrencyController:
         self._surprises = 0
         self._probe_gap = self.reprobe
         self._rates = {self.level: rate}
+        self._odd = 0
         self._mode = "moving"
         self._direction = 1
         self._came_from = None
