@@ -10,7 +10,7 @@ Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pa
 a row (the rate rises by more than the noise, ``tolerance``; once is enough when it rises by
 half, and a step that scales linearly skips a rung next); a step down is kept unless it costs
 (fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly costs
-is undone after half an interval. Up from 0 the first step is to 2: one worker beside an idle
+is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker beside an idle
 consumer runs no faster than the consumer alone, so 1 would stop every climb. Settled, the
 controller re-probes a neighbour now and then (up and down in turn; less often while probes
 do not pay). The workload changed, and the climb starts again from the fewest workers, when
@@ -47,8 +47,8 @@ STRONG_GAIN = 1.5
 #: A step up that raises the rate by this fraction of the factor it adds workers by (work
 #: that waits: I/O, sleeps) skips a rung on the way up.
 LINEAR = 0.9
-#: A step up whose rate falls below this fraction of the rate before it is undone after half
-#: an interval (GIL-bound work at 2 workers runs at a quarter of the consumer's rate).
+#: A step up whose rate falls below this fraction of the rate before it is undone after a
+#: quarter of an interval (GIL-bound work at 2 workers runs at a quarter of the consumer's rate).
 CLEAR_LOSS = 0.5
 #: How soon a settled controller tries a neighbour, in seconds; each probe that does not
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
@@ -116,6 +116,7 @@ class ConcurrencyController:
         self._settled_at = 0.0
         self._average = 0.0  # the settled level's rate, smoothed
         self._surprises = 0
+        self._fresh = 0  # readings after settling that only set the average
         self._next_probe = 1
         self._probe_gap = reprobe
         self._confirmed = False  # a step up paid once, and is measured again
@@ -178,11 +179,12 @@ class ConcurrencyController:
         return below[-1] if below else None
 
     def _clearly_lost(self, elapsed: float, done: int) -> bool:
-        # Half an interval is enough to undo a step up that costs half the rate: a probe of
-        # GIL-bound work runs at a quarter of the consumer's speed, and each one costs that.
+        # A quarter of an interval is enough to undo a step up that costs half the rate: a
+        # probe of GIL-bound work runs at a quarter of the consumer's speed, and each one
+        # costs that for as long as it lasts.
         came_from = self._came_from
         return (came_from is not None and self._direction > 0
-                and elapsed >= self.min_interval / 2 and done >= self.min_samples // 2
+                and elapsed >= self.min_interval / 4 and done >= self.min_samples // 2
                 and done < CLEAR_LOSS * came_from[1] * elapsed)
 
     def _level_changed(self, rate: float) -> bool:
@@ -209,7 +211,7 @@ class ConcurrencyController:
         if level != self.level:
             self.decisions.append(Decision(now, self.level, level, self.rate, reason))
             self.level = level
-            self._warming = self.min_interval / 2
+            self._warming = self.min_interval / 4
             self._odd = 0
             self._confirmed = False
 
@@ -283,11 +285,18 @@ class ConcurrencyController:
         self._mode = "settled"
         self._came_from = None
         self._settled_at = now
-        self._average = 0.0  # measured afresh: ``rate`` may be from a while ago, or a warm-up
+        # Measured afresh, from the second reading on: ``rate`` may be from a while ago or
+        # a warm-up, and the first reading here still drains what the last level left.
+        self._average = 0.0
+        self._fresh = 2
         self._surprises = 0
         self._go(now, level, f"settled: {reason}")
 
     def _watch(self, now: float, rate: float) -> None:
+        if self._fresh:  # just settled: the first readings set the average, unjudged
+            self._fresh -= 1
+            self._average = rate
+            return
         average = self._average
         surprising = average > 0 and abs(rate - average) > STEP_CHANGE * average
         self._surprises = self._surprises + 1 if surprising else 0

@@ -168,6 +168,23 @@ def test_a_slow_first_interval_does_not_restart_the_climb() -> None:
         "stepping up", "settled: the step did not pay"]
 
 
+def test_the_drain_after_a_move_back_does_not_restart_the_climb() -> None:
+    # Back at level 0 after a probe, the consumer first runs what the workers left queued:
+    # slower for a while. Settled there, the controller must not take that for a change.
+    last = {"level": 0, "since": 0.0}
+
+    def draining(t: float, level: int) -> float:
+        if level != last["level"]:
+            last.update(level=level, since=t)
+        slow = level == 0 and t - last["since"] < 0.05
+        return gil_bound(t, level) * (0.3 if slow else 1.0)
+
+    controller = ConcurrencyController(64)
+    simulate(controller, draining, 0.9)
+    assert [d.reason for d in controller.decisions] == [
+        "stepping up", "settled: the step did not pay"]
+
+
 def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
     def contended(t: float, level: int) -> float:  # as measured: a quarter, at any workers
         return 1_000_000 / (1.0 + 3.0 * min(level, 1))
@@ -176,8 +193,8 @@ def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
     trace = simulate(controller, contended, 0.5)
     first_up = next(t for t, level in trace if level == 2)
     back = next(t for t, level in trace if t > first_up and level == 0)
-    # Half an interval of warm-up, half an interval measured.
-    assert back - first_up <= _adaptive.MIN_INTERVAL + 2 * DT
+    # A quarter of an interval of warm-up, a quarter measured.
+    assert back - first_up <= _adaptive.MIN_INTERVAL / 2 + 2 * DT
 
 
 def test_a_linear_climb_skips_rungs_and_a_probe_finds_a_skipped_best() -> None:
