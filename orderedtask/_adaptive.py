@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
+from ._core import gil_enabled
+
 #: An interval is measured for at least this long (several GIL switch intervals: a shorter
 #: one sees how the GIL happened to be handed round, not the level) ...
 MIN_INTERVAL = 0.04
@@ -50,6 +52,11 @@ LINEAR = 0.9
 #: A step up whose rate falls below this fraction of the rate before it is undone after a
 #: quarter of an interval (GIL-bound work at 2 workers runs at a quarter of the consumer's rate).
 CLEAR_LOSS = 0.5
+#: With the GIL on, items the consumer runs at this rate or faster at level 0 (5 µs each or
+#: less) cannot run faster on threads: handing one to a worker costs about a microsecond of
+#: GIL-held work on either side, which such an item does not save even if it released the GIL
+#: throughout. The climb from 0 settles at once for them; probes go on as usual.
+CHEAP_RATE = 200_000.0
 #: How soon a settled controller tries a neighbour, in seconds; each probe that does not
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
 REPROBE_SECONDS = 1.0
@@ -92,7 +99,7 @@ class ConcurrencyController:
     def __init__(self, max_level: int, *, min_level: int = 0, start: int | None = None,
                  tolerance: float = TOLERANCE, reprobe: float = REPROBE_SECONDS,
                  min_interval: float = MIN_INTERVAL, min_samples: int = MIN_SAMPLES,
-                 max_interval: float = MAX_INTERVAL) -> None:
+                 max_interval: float = MAX_INTERVAL, cheap_rate: float | None = None) -> None:
         if not 0 <= min_level <= max_level:
             raise ValueError(f"need 0 <= min_level <= max_level, got {min_level}, {max_level}")
         first = min_level if start is None else start
@@ -105,6 +112,7 @@ class ConcurrencyController:
         self.min_interval = min_interval
         self.min_samples = min_samples
         self.max_interval = max_interval
+        self.cheap_rate = cheap_rate  # items/s at level 0 above which a climb stops at once
         self.level = first
         self.decisions: deque[Decision] = deque(maxlen=HISTORY)
         self.rate = 0.0  # the last rate measured
@@ -227,14 +235,23 @@ class ConcurrencyController:
         self._direction = 1
         self._came_from = None
         if self.level == self.min_level:
-            self._continue(now, rate)
+            self._climb(now, rate)
         else:
             self._go(now, self.min_level, "the workload changed: climbing again")
+
+    def _climb(self, now: float, rate: float) -> None:
+        # The first step of a climb, from the rate at the lowest level.
+        if self.level == 0 and self.cheap_rate is not None and rate >= self.cheap_rate:
+            reason = "items this cheap cannot pay for a hand-off"
+            self._settle(now, 0, rate, reason)
+            self.decisions.append(Decision(now, 0, 0, rate, f"settled: {reason}"))  # no move
+            return
+        self._continue(now, rate)
 
     def _moved(self, now: float, rate: float) -> None:
         came_from = self._came_from
         if came_from is None:
-            self._continue(now, rate)
+            self._climb(now, rate)
             return
         accepted = self._accepts(self._direction, rate, came_from[1])
         if self._unconfirmed(accepted, rate, came_from[1]):
@@ -357,7 +374,10 @@ class Tuner:
         if start is None and backend.start_at_ceiling:
             start = max_workers
         first = None if start is None else max(low, min(start, max_workers))
-        self.controller = ConcurrencyController(max_workers, min_level=low, start=first)
+        # With the GIL on, level 0 tells cheap items from the rest (CHEAP_RATE).
+        cheap = CHEAP_RATE if low == 0 and gil_enabled() else None
+        self.controller = ConcurrencyController(max_workers, min_level=low, start=first,
+                                                cheap_rate=cheap)
         self.threads: list[threading.Thread] = []
         self._on_first_worker = on_first_worker
 

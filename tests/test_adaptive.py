@@ -185,6 +185,50 @@ def test_the_drain_after_a_move_back_does_not_restart_the_climb() -> None:
         "stepping up", "settled: the step did not pay"]
 
 
+def noop_task(workerlocal, task) -> None:  # module level: it crosses to processes
+    pass
+
+
+def test_items_too_cheap_for_a_hand_off_settle_at_0_and_are_probed_later() -> None:
+    controller = ConcurrencyController(64, cheap_rate=200_000)
+    trace = simulate(controller, gil_bound, 0.9)
+    # No probe at the start: the first reading at level 0 settles it there ...
+    assert all(level == 0 for _, level in trace)
+    assert [d.reason for d in controller.decisions] == [
+        "settled: items this cheap cannot pay for a hand-off"]
+    # ... but it still probes later, and follows a change to work that waits.
+    def changing(t: float, level: int) -> float:
+        return gil_bound(t, level) if t < 2.0 else io_bound(t, level)
+
+    controller = ConcurrencyController(64, cheap_rate=200_000)
+    trace = simulate(controller, changing, 4.0)
+    assert reached(trace, 2.0, lambda level: level == 64) < 1.0
+    # Slow items are climbed for as before.
+    controller = ConcurrencyController(64, cheap_rate=200_000)
+    assert reached(simulate(controller, io_bound, 2.0), 0.0, lambda level: level == 64) < 0.5
+
+
+def test_the_tuner_asks_for_the_cheap_rule_only_with_the_gil_and_level_0(monkeypatch) -> None:
+    from orderedtask._core import gil_enabled
+
+    made: list[ConcurrencyController] = []
+
+    class Recording(ConcurrencyController):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", Recording)
+    assert list(orderedtask.map(str, range(10))) == [str(i) for i in range(10)]
+    with Pool(None, noop_task, backend="process", max_workers=2) as pool:
+        pool.enqueue(Task(1))
+        pool.close()
+        assert [task.index for task in pool.results()] == [1]
+    threads, processes = made
+    assert threads.cheap_rate == (_adaptive.CHEAP_RATE if gil_enabled() else None)
+    assert processes.cheap_rate is None  # its lowest level is 1: no level 0 to measure
+
+
 def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
     def contended(t: float, level: int) -> float:  # as measured: a quarter, at any workers
         return 1_000_000 / (1.0 + 3.0 * min(level, 1))
@@ -236,7 +280,8 @@ class Scripted:
 
     CYCLE = (0, 3, 1, 0, 2, 4, 0)
 
-    def __init__(self, max_level: int, *, min_level: int = 0, start: int | None = None) -> None:
+    def __init__(self, max_level: int, *, min_level: int = 0, start: int | None = None,
+                 cheap_rate: float | None = None) -> None:
         self.max_level, self.min_level = max_level, min_level
         self.levels = [level for level in self.CYCLE if min_level <= level <= max_level]
         self.level = self.levels[0] if start is None else start
