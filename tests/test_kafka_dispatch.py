@@ -77,6 +77,31 @@ def test_items_run_in_parallel() -> None:
     assert dispatcher.join(10)
 
 
+def test_a_stuck_item_holds_back_no_other_item_on_threads() -> None:
+    # Each item is a chunk of records already: a worker stuck on one must not have taken
+    # others with it (their partitions and keys would wait for it too).
+    release = threading.Event()
+
+    def fn(item: int) -> int:
+        if item == 1000:
+            release.wait(30)
+        return item
+
+    done = Collector()
+    dispatcher = Dispatcher(fn, done, workers=2)
+    try:
+        dispatcher.submit(list(range(200)))  # the engine learns that items are fast ...
+        done.wait(200)
+        dispatcher.submit([1000] + list(range(200, 220)))  # ... then one never finishes
+        done.wait(220)  # everything but the stuck item, while it is stuck
+        assert 1000 not in {item for item, _, _ in done.results}
+    finally:
+        release.set()
+        dispatcher.close()
+        assert dispatcher.join(10)
+    assert sorted(item for item, _, _ in done.results) == list(range(220)) + [1000]
+
+
 def test_keyed_items_run_one_at_a_time_in_submit_order_and_keys_in_parallel() -> None:
     running: dict[str, int] = defaultdict(int)
     reporting: dict[str, int] = defaultdict(int)

@@ -108,8 +108,12 @@ class Dispatcher:
         runner = _core.Runner(_core.POOL, CallItem(fn), retries, retry_backoff)
         self._backend = make_backend(backend, runner, None, workers)
         # The caller bounds what is in flight (the consumer pauses partitions): no window.
+        # An item is a chunk of records already: on threads a worker takes one at a time, so
+        # that one stuck on a record holds back no other chunk (and no other partition or
+        # key behind it). Other backends batch chunks to pay for their transport.
+        batch_seconds = 0.0 if backend == "thread" else self._backend.batch_seconds
         self._engine = _core.Engine(sys.maxsize, _core.POOL, key=_key_of if keyed else None,
-                                    batch_seconds=self._backend.batch_seconds,
+                                    batch_seconds=batch_seconds,
                                     on_terminate=self._backend.stopper(),
                                     on_done=_Delivery(self))
         self._next = 0
