@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -275,10 +276,14 @@ def test_a_clean_restart_handles_nothing_twice(cluster: MockCluster) -> None:
 
 @pytest.mark.parametrize("protocol", ["cooperative-sticky", "consumer", "range"])
 def test_a_consumer_joining_mid_stream_loses_nothing_and_handles_nothing_twice(
-        cluster: MockCluster, protocol: str) -> None:
+        cluster: MockCluster, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
     """"range" is an eager protocol: every partition is revoked. The mock cluster refuses
     commits during an eager rebalance (a real broker accepts them), so there the records
-    handled since the last periodic commit may be handled again; nothing may be lost."""
+    handled since the last periodic commit may be handled again; nothing may be lost. With
+    "cooperative-sticky" it sometimes refuses the commit on revoke too (REBALANCE_IN_PROGRESS
+    while the joining member waits out its join): then only the revoked partitions' records
+    since the last accepted commit may come twice, and the log says so."""
+    caplog.set_level(logging.WARNING, logger="orderedtask.kafka")
     topic, group = unique("join"), unique("g")
     extra = ({"group.protocol": "classic", "partition.assignment.strategy": protocol}
              if protocol != "consumer" else {})
@@ -319,10 +324,18 @@ def test_a_consumer_joining_mid_stream_loses_nothing_and_handles_nothing_twice(
     running_first.stop()
     counts = Counter(ledger.all)
     assert len(counts) == total, "a record was lost"
-    if protocol != "range":
+    refused = [record.getMessage() for record in caplog.records
+               if "failed (try" in record.getMessage()
+               and "REBALANCE_IN_PROGRESS" in record.getMessage()]
+    if protocol != "range" and not refused:
         assert counts.most_common(1)[0][1] == 1, f"handled twice: {counts.most_common(3)}"
         for offsets in ledger.by_partition.values():
             assert offsets == sorted(offsets)
+    elif protocol != "range":  # the revoke commit was refused: its partitions may repeat
+        twice = {partition for (partition, _), count in counts.items() if count > 1}
+        named = {int(part.split("[")[1].split("]")[0]) for message in refused
+                 for part in message.split("'") if "[" in part and "]@" in part}
+        assert twice <= named, (twice, refused)
 
 
 KILLED_CONSUMER = r"""
