@@ -10,8 +10,9 @@ Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pa
 a row (the rate rises by more than the noise, ``tolerance``; once is enough when it rises by
 half, and a step that scales linearly skips a rung next); a step down is kept unless it costs
 (fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly costs
-is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker beside an idle
-consumer runs no faster than the consumer alone, so 1 would stop every climb. Settled, the
+is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker beside
+an idle consumer runs no faster than the consumer alone, so 1 would stop every climb; with the
+GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all. Settled, the
 controller re-probes a neighbour now and then (up and down in turn; less often while probes
 do not pay). The workload changed, and the climb starts again from the fewest workers, when
 a level runs at a rate far from the one it ran at before (in any mode: a change during a
