@@ -18,6 +18,7 @@ import orderedtask
 from orderedtask import Pool, Task
 from orderedtask import _adaptive
 from orderedtask._adaptive import ConcurrencyController, ladder
+from support import load_twin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -420,6 +421,48 @@ def test_level_0_runs_on_the_consumer_and_starts_no_thread(twin, monkeypatch) ->
     assert list(stream) == list(range(5_000))
     assert seen == {threading.get_ident()} and pool_threads() == before
     assert stream.stats()["level"] == 0
+
+
+def test_level_0_runs_a_pools_tasks_a_few_at_a_time(twin, monkeypatch) -> None:
+    # Outputs made inline stay alive until yielded: a batch is capped (INLINE_BATCH), not
+    # sized by the measured cost, which for fast tasks would be thousands.
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
+    cap = load_twin(twin).INLINE_BATCH
+    ran = [0]
+
+    def fn(workerlocal, task):
+        ran[0] += 1
+        task.output = task.index
+
+    ahead = []
+    with Pool(None, fn, window=20_000) as pool:
+        pool.enqueue_many([Task(i) for i in range(5_000)])
+        pool.close()
+        for yielded, task in enumerate(pool.results()):
+            assert task.output == yielded
+            ahead.append(ran[0] - yielded)
+    assert len(ahead) == 5_000 and max(ahead) <= cap
+
+
+def test_a_pool_subclass_keeps_its_own_enqueue() -> None:
+    class Counting(Pool):
+        calls = 0
+
+        def enqueue(self, task, timeout=None):
+            Counting.calls += 1
+            super().enqueue(task, timeout)
+
+    with Counting(1, lambda workerlocal, task: None) as pool:
+        pool.enqueue(Task(1))
+        pool.close()
+        assert [task.index for task in pool.results()] == [1]
+    assert Counting.calls == 1
+    with Pool(1, lambda workerlocal, task: None) as plain:
+        with pytest.raises(TypeError, match="enqueue"):
+            plain.enqueue("not a task")  # type: ignore[arg-type]
+        plain.enqueue(Task(2))  # still usable after the refusal
+        plain.close()
+        assert [task.index for task in plain.results()] == [2]
 
 
 def test_amap_never_runs_fn_on_the_loop(twin, scripted) -> None:

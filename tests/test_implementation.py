@@ -20,7 +20,7 @@ ROOT = Path(orderedtask.__file__).resolve().parent.parent
 requires_extension = pytest.mark.skipif(NO_EXTENSIONS, reason="ORDEREDTASK_NO_EXTENSIONS is set")
 
 CLASSES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner", "Task")
-MODULE_NAMES = {"MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", *CLASSES, "as_index", "as_timeout"}
+MODULE_NAMES = {"INLINE_BATCH", "MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", *CLASSES, "as_index", "as_timeout"}
 
 
 @requires_extension
@@ -81,7 +81,7 @@ def test_twin_modules_export_the_same_names():
     assert set(reference.__all__) == MODULE_NAMES
     for name in MODULE_NAMES:
         assert hasattr(compiled, name), name
-    for name in ("MAP", "MAX_BATCH", "POOL", "PULL_BATCH"):
+    for name in ("INLINE_BATCH", "MAP", "MAX_BATCH", "POOL", "PULL_BATCH"):
         assert getattr(compiled, name) == getattr(reference, name), name
     assert repr(compiled.NOT_READY) == repr(reference.NOT_READY) == "NOT_READY"
 

@@ -4,10 +4,11 @@ Same names, signatures, docstrings and errors (``tests/test_implementation.py`` 
 ``ORDEREDTASK_NO_EXTENSIONS=1`` selects it.
 """
 
-from ._engine_py import MAX_BATCH, NOT_READY, PULL_BATCH, Batch, Cursor, Engine, as_timeout
+from ._engine_py import (INLINE_BATCH, MAX_BATCH, NOT_READY, PULL_BATCH, Batch, Cursor, Engine,
+                         as_timeout)
 from ._reorder_py import ReorderBuffer, as_index
 from ._runner_py import MAP, POOL, Runner
 from ._task_py import Task
 
-__all__ = ["MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", "Batch", "Cursor", "Engine", "ReorderBuffer",
-           "Runner", "Task", "as_index", "as_timeout"]
+__all__ = ["INLINE_BATCH", "MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", "Batch", "Cursor",
+           "Engine", "ReorderBuffer", "Runner", "Task", "as_index", "as_timeout"]
