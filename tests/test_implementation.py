@@ -20,7 +20,8 @@ ROOT = Path(orderedtask.__file__).resolve().parent.parent
 requires_extension = pytest.mark.skipif(NO_EXTENSIONS, reason="ORDEREDTASK_NO_EXTENSIONS is set")
 
 CLASSES = ("Batch", "Cursor", "Engine", "ReorderBuffer", "Runner", "Task")
-MODULE_NAMES = {"INLINE_BATCH", "MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", *CLASSES, "as_index", "as_timeout"}
+MODULE_NAMES = {"INLINE_BATCH", "MAP", "MAX_BATCH", "NOT_READY", "POOL", "PULL_BATCH", *CLASSES,
+                "as_index", "as_timeout"}
 
 
 @requires_extension
