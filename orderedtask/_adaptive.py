@@ -171,6 +171,17 @@ class ConcurrencyController:
             self._settle(now, self.min_level, self.rate, "the floor rose")
         return self.level
 
+    def climb_from_floor(self, now: float, reason: str) -> int:
+        """Before the first reading: begin the climb at ``min_level`` instead of ``start``.
+
+        For a start level that only had to hold until someone who can run level 0 came.
+        """
+        if self._since is None and not self.decisions and self.level != self.min_level:
+            warming = self._warming  # the cold start's whole interval, not a move's quarter
+            self._go(now, self.min_level, reason)
+            self._warming = max(warming, self._warming)
+        return self.level
+
     @property
     def settled(self) -> bool:
         """True once it settled on a level (and until the next probe or change)."""
@@ -361,12 +372,16 @@ class Tuner:
     and, at level 0, runs batches itself with ``inline_context()``. Threads start only when
     the level first needs them, and ``on_first_worker`` (the feeder of a ``map``) runs when the
     level first leaves 0. ``inline=False`` (an asyncio consumer, which must never run the
-    work on its loop) keeps at least one worker.
+    work on its loop) keeps at least one worker. ``provisional=True``: ``start`` holds only
+    until the consumer's first report, and the climb then begins at the lowest level (a
+    ``Pool`` runs one worker so that tasks run before anyone consumes; its consumer may then
+    run them itself).
     """
 
     def __init__(self, engine: Any, backend: Any, name: str, max_workers: int,
                  start: int | None = None, on_first_worker: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = monotonic, inline: bool = True) -> None:
+                 clock: Callable[[], float] = monotonic, inline: bool = True,
+                 provisional: bool = False) -> None:
         self.engine = engine
         self.backend = backend
         self.name = name
@@ -381,6 +396,7 @@ class Tuner:
                                                 cheap_rate=cheap)
         self.threads: list[threading.Thread] = []
         self._on_first_worker = on_first_worker
+        self._provisional = provisional
 
     def start(self) -> None:
         """Run at the controller's first level (threads start from here on, as needed)."""
@@ -399,6 +415,9 @@ class Tuner:
         milliseconds' worth at the rate measured last.
         """
         controller = self.controller
+        if self._provisional:
+            self._provisional = False
+            controller.climb_from_floor(self.clock(), "a consumer came: climbing from the fewest")
         level = controller.update(self.clock(), completed)
         if level != self.engine.level:
             self._apply(level)

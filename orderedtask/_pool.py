@@ -74,9 +74,10 @@ class Pool:
         self._fixed_threads: list[threading.Thread] = []
         if fixed is not None:
             self._fixed_threads = self._backend.start(self._engine, fixed, "orderedtask")
-        else:  # at least one worker at first: tasks run even before anyone consumes
+        else:  # at least one worker until someone consumes: tasks run before that too
             start = None if self._backend.start_at_ceiling else 1
-            self._tuner = Tuner(self._engine, self._backend, "orderedtask", ceiling, start=start)
+            self._tuner = Tuner(self._engine, self._backend, "orderedtask", ceiling, start=start,
+                                provisional=start is not None)
             self._tuner.start()
 
     @property

@@ -265,6 +265,20 @@ def test_a_strong_gain_needs_no_confirmation() -> None:
     assert arrived <= 0.1 + 6 * 1.5 * _adaptive.MIN_INTERVAL + 10 * DT
 
 
+def test_a_provisional_start_gives_way_to_the_floor_before_the_first_reading() -> None:
+    controller = ConcurrencyController(64, start=1, cheap_rate=200_000)
+    assert controller.climb_from_floor(0.0, "a consumer came") == 0
+    assert [(d.previous, d.level, d.reason) for d in controller.decisions] == [
+        (1, 0, "a consumer came")]
+    assert all(level == 0 for _, level in simulate(controller, gil_bound, 1.0))
+    # Once it has readings, the start is no longer provisional: nothing moves.
+    controller = ConcurrencyController(64, start=1)
+    simulate(controller, io_bound, 0.5)
+    level, decisions = controller.level, list(controller.decisions)
+    assert controller.climb_from_floor(0.5, "late") == level
+    assert list(controller.decisions) == decisions
+
+
 def test_raise_floor_lifts_the_level() -> None:
     controller = ConcurrencyController(8)
     simulate(controller, gil_bound, 1.0)
@@ -301,6 +315,9 @@ class Scripted:
         self.levels = [level for level in self.levels if level >= min_level] or [min_level]
         self.level = max(self.level, min_level)
         return self.level
+
+    def climb_from_floor(self, now: float, reason: str) -> int:
+        return self.level  # the script decides
 
 
 class AlwaysZero(Scripted):
@@ -442,6 +459,26 @@ def test_level_0_runs_a_pools_tasks_a_few_at_a_time(twin, monkeypatch) -> None:
             assert task.output == yielded
             ahead.append(ran[0] - yielded)
     assert len(ahead) == 5_000 and max(ahead) <= cap
+
+
+def test_an_adaptive_pool_works_before_anyone_consumes_then_lets_the_consumer_run(twin) -> None:
+    ran = threading.Event()
+
+    def fn(workerlocal, task):
+        task.output = task.index
+        if task.index == 9:
+            ran.set()
+
+    with Pool(None, fn) as pool:
+        assert pool.stats()["level"] == 1  # a worker, so that tasks run with no consumer
+        pool.enqueue_many([Task(i) for i in range(10)])
+        assert ran.wait(30)
+        pool.enqueue_many([Task(i) for i in range(10, 100)])
+        pool.close()
+        assert [task.output for task in pool.results()] == list(range(100))
+        first = pool.stats()["decisions"][0]
+    # The consumer's first report starts the climb at 0, where it can run the tasks itself.
+    assert first[1:3] == (1, 0) and first[4] == "a consumer came: climbing from the fewest"
 
 
 def test_a_pool_subclass_keeps_its_own_enqueue() -> None:

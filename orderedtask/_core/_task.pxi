@@ -1,6 +1,12 @@
 # The compiled Task (included by _core_c.pyx); _task_py.py is its specification.
 
 
+# Recycled memory for exact Tasks (Cython skips subclasses): a freed Task's slot serves the
+# next one without the allocator, and, the point, without counting towards CPython's first GC
+# threshold; a window of Tasks made in bursts by a producer would otherwise trigger a cyclic
+# pass every ~700 of them, which promotes every live task and output (benchmarks/gc_passes.py).
+# Sized to the largest default window. Cython turns it off on free-threaded builds.
+@cython.freelist(2048)
 cdef class Task:
     """One piece of work: an ``index`` that orders it and an ``input``.
 
