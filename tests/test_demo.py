@@ -36,6 +36,16 @@ def test_demo_decodes_in_order_and_reports_honestly() -> None:
     assert ("GIL on" in out) == gil and ("GIL off" in out) == (not gil)
     assert f"core {orderedtask.IMPLEMENTATION}" in out
     assert "(Pool)" in out and "the defaults for this build and GC threshold" in out
+    assert "cyclic-GC passes during the runs: loop " in out
+    assert out.count("2 workers (fixed)") == 3  # Pool, map, and map with I/O
+
+
+def test_demo_suggests_a_gc_threshold_only_when_passes_ran() -> None:
+    # With a first threshold no 2,000 messages reach, no pass runs: no hint, whatever the speed.
+    done = demo("--messages", "2000", "--gc-threshold", "1000000")
+    assert done.returncode == 0, done.stderr
+    assert "cyclic-GC passes during the runs: loop 0, Pool 0, map 0" in done.stdout
+    assert "rerun with --gc-threshold" not in done.stdout
 
 
 def test_demo_options() -> None:

@@ -20,6 +20,9 @@ from .._options import MAP_WINDOW, POOL_WINDOW, default_window
 
 
 GC_HINT_THRESHOLD = 20_000
+#: The hint is printed when a slower run had at least one GC pass per this many messages
+#: (2 workers on the standard build: ~3.5 per 1,000; an adaptive run at level 0: ~0.01).
+GC_HINT_MESSAGES_PER_PASS = 1_000
 
 
 def make_messages(count: int, seed: int = 7) -> list[tuple[int, bytes]]:
@@ -65,14 +68,32 @@ class _OrderCheck:
 IO_SECONDS = 0.001
 
 
-def _level_note(stats: dict[str, Any]) -> str:
+def _level_note(stats: dict[str, Any], workers: int | None) -> str:
     """'level 0: settled: the step did not pay' - where adaptive concurrency ended, and why."""
-    if "decisions" not in stats:
-        return f"{stats['workers']} workers (fixed)"
+    if "decisions" not in stats:  # stats()["workers"] counts live threads: 0 once ended
+        return f"{workers} workers (fixed)"
     decisions = stats["decisions"]
     why = decisions[-1][4] if decisions else "it never needed to move"
     where = "this thread ran each item itself" if stats["level"] == 0 else "workers"
     return f"level {stats['level']} ({where}); last decision: {why}"
+
+
+class _CollectorPasses:
+    """Counts the cyclic-GC passes that run while it is entered (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _seen(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.count += 1
+
+    def __enter__(self) -> _CollectorPasses:
+        gc.callbacks.append(self._seen)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._seen)
 
 
 def _loop(fn: Any, expected: list[int], bodies: list[bytes]) -> float:
@@ -157,18 +178,23 @@ def run(count: int, workers: int | None, decoder: str, window: int | None) -> in
 
     # 1. Decoding only: every variant streams (decode, check order, drop), as a consumer
     # that commits offsets would.
-    base = _loop(loads, expected, bodies)
+    with _CollectorPasses() as loop_passes:
+        base = _loop(loads, expected, bodies)
 
     def decode(workerlocal: dict[str, Any], task: Task) -> None:
         task.output = loads(task.input)
 
-    pool_seconds, pool_stats = _drain_pool(workers, decode, expected, bodies, window)
-    map_seconds, map_stats = _drain_map(workers, loads, expected, bodies, window)
+    with _CollectorPasses() as pool_passes:
+        pool_seconds, pool_stats = _drain_pool(workers, decode, expected, bodies, window)
+    with _CollectorPasses() as map_passes:
+        map_seconds, map_stats = _drain_map(workers, loads, expected, bodies, window)
     _table(f"1. decode only ({name}.loads)", count, [
         ("plain loop (sequential)", base, ""),
-        ("orderedtask.Pool (Task per message)", pool_seconds, _level_note(pool_stats)),
-        ("orderedtask.map", map_seconds, _level_note(map_stats)),
+        ("orderedtask.Pool (Task per message)", pool_seconds, _level_note(pool_stats, workers)),
+        ("orderedtask.map", map_seconds, _level_note(map_stats, workers)),
     ])
+    print(f"  cyclic-GC passes during the runs: loop {loop_passes.count:,}, "
+          f"Pool {pool_passes.count:,}, map {map_passes.count:,}")
     if gil_enabled():
         print(f"  the GIL is on and {name}.loads holds it: more threads cannot decode faster, "
               "so adaptive\n  concurrency settles low (level 0: the consumer decodes "
@@ -190,12 +216,18 @@ def run(count: int, workers: int | None, decoder: str, window: int | None) -> in
     io_seconds, io_stats = _drain_map(workers, decode_and_wait, expected_io, bodies_io, window)
     _table(f"2. decode + {IO_SECONDS * 1000:g} ms of I/O per message ({small:,} messages)", small,
            [("plain loop (sequential)", io_base, ""),
-            ("orderedtask.map", io_seconds, _level_note(io_stats))])
+            ("orderedtask.map", io_seconds, _level_note(io_stats, workers))])
     print("\n  order check: every message came out once, in offset order, decoded body matching")
-    if gc.get_threshold()[0] < GC_HINT_THRESHOLD and min(pool_seconds, map_seconds) > base:
-        print(f"  note: decoded messages waiting in the window survive cyclic-GC passes that the "
-              f"loop never triggers;\n  a long-running consumer raises the first threshold: "
-              f"rerun with --gc-threshold {GC_HINT_THRESHOLD} (README, Performance)")
+    slower = [(label, passes.count) for label, seconds, passes in
+              (("Pool", pool_seconds, pool_passes), ("map", map_seconds, map_passes))
+              if seconds > base and passes.count > loop_passes.count
+              and passes.count * GC_HINT_MESSAGES_PER_PASS >= count]
+    if gc.get_threshold()[0] < GC_HINT_THRESHOLD and slower:
+        label, passes = max(slower, key=lambda row: row[1])
+        print(f"  note: {label} ran {passes:,} cyclic-GC passes: decoded messages waiting in the "
+              f"window survive them,\n  and a loop never triggers one; a long-running consumer "
+              f"raises the first threshold:\n  rerun with --gc-threshold {GC_HINT_THRESHOLD} "
+              f"(README, Performance)")
     return 0
 
 
