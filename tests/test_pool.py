@@ -259,6 +259,21 @@ def test_context_manager_exception_exit_terminates_and_joins():
     assert (info.value.dropped, info.value.index) == (10, 0)
 
 
+def test_terminating_after_every_task_was_released_names_the_first_dropped():
+    # Every task finished and released, none consumed: the head of what is dropped is the
+    # first released task (it used to be looked for among the pending ones only: None).
+    with Pool(2, lambda workerlocal, task: None) as pool:
+        pool.enqueue_many([Task(i) for i in range(5, 15)])
+        deadline = time.monotonic() + 60
+        while pool.stats()["released"] < 10:
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.001)
+        pool.terminate()
+        with pytest.raises(PoolTerminated) as info:
+            list(pool.results())
+    assert (info.value.dropped, info.value.index) == (10, 5)
+
+
 def test_terminate_drops_queued_tasks_and_ends_results():
     gate = Gate(blocked=0)
     pool = Pool(1, gate)

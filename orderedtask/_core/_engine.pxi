@@ -1331,9 +1331,10 @@ cdef class Engine:
         store_int(&self._closed, 1)
         store_int(&self._stopping, 1)
         self._has_consumer = False  # a new cursor may claim it, to hear that it was terminated
-        self._has_terminated_head = not self._pending.empty()
+        # The first item dropped: released slots come before the pending ones.
+        self._has_terminated_head = not (self._released.empty() and self._pending.empty())
         if self._has_terminated_head:
-            slot = self._pending.front()
+            slot = self._released.front() if not self._released.empty() else self._pending.front()
             self._terminated_head = slot.labels[0] if not slot.labels.empty() else slot.index
         for i in range(self._pending.size()):
             slot = self._pending[i]

@@ -1133,8 +1133,8 @@ class Engine:
         self._feed.notify_all()
         self._parked_cv.notify_all()
         self._consumer = None  # a new cursor may claim it, to hear that it was terminated
-        if self._pending:
-            head = self._pending[0]
+        if self._released or self._pending:  # the first item dropped: released come first
+            head = self._released[0] if self._released else self._pending[0]
             self._terminated_head = head.labels[0] if head.labels else head.index
         dropped = list(self._pending)  # queued, parked, running and finished slots
         dropped.extend(self._released)
