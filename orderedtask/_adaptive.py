@@ -415,10 +415,11 @@ class Tuner:
         milliseconds' worth at the rate measured last.
         """
         controller = self.controller
+        now = self.clock()
         if self._provisional:
             self._provisional = False
-            controller.climb_from_floor(self.clock(), "a consumer came: climbing from the fewest")
-        level = controller.update(self.clock(), completed)
+            controller.climb_from_floor(now, "a consumer came: climbing from the fewest")
+        level = controller.update(now, completed)
         if level != self.engine.level:
             self._apply(level)
         if not controller.rate:  # nothing measured yet: a reading per item would be the cost
