@@ -8,7 +8,8 @@ spell of the machine hits every cell alike. Where a cell would be short at high 
 sleeps), a fixed count of c runs c times the loop's items (up to the adaptive run's), so that
 every cell lasts about as long; the adaptive run is long enough to pay for its climb, as a
 stream of a consumer is, and the loop runs the same stream (but for the sleeps), just before
-and just after the adaptive run (its cell is the mean rate of the two). Then a stream whose
+and just after the adaptive run (its cell is the mean rate of the two; the ratio to the loop
+is the median of each repeat's own ratio, as the machine's speed drifts between repeats). Then a stream whose
 first half waits 1 ms per item and whose second half holds the GIL, with the trace of the
 levels the controller chose.
 """
@@ -75,7 +76,7 @@ def workloads(quick: bool) -> list[tuple[str, Callable[[Any], Any], list[Any], i
     scale = 4 if quick else 1
     bodies = [body for _, body in make_messages(200_000 // scale)]
     distinct = [os.urandom(16_384) * 4 for _ in range(50)]  # 64 KB, compressible
-    chunks = [distinct[i % 50] for i in range(6_000 // scale)]
+    chunks = [distinct[i % 50] for i in range(18_000 // scale)]
     cpus = os.cpu_count() or 1
     process_counts = sorted({1, 2, cpus})
     # The adaptive run takes the whole (long) stream, the loop and the fixed counts a part.
@@ -113,6 +114,7 @@ def measure(name: str, fn: Callable[[Any], Any], items: list[Any], share: int, b
             counts: list[int], repeat: int) -> dict[str, Any]:
     cells: dict[str, list[float]] = {"loop": []}  # items per second, each run
     levels: list[int] = []
+    paired: list[float] = []  # adaptive / loop within one repeat (one spell of the machine)
 
     def part(workers: int) -> list[Any]:
         if not share:
@@ -135,12 +137,13 @@ def measure(name: str, fn: Callable[[Any], Any], items: list[Any], share: int, b
         cells["loop"].append(2 * len(looped) / (before + after))
         cells.setdefault("adaptive", []).append(len(items) / seconds)
         levels.append(stats["level"])
+        paired.append(cells["adaptive"][-1] / cells["loop"][-1])
     rates = {key: statistics.median(values) for key, values in cells.items()}
     best_fixed = max((key for key in rates if key.isdigit()), key=rates.__getitem__)
     return {"workload": name, "items": len(items), "rates": rates, "best_fixed": best_fixed,
             "adaptive_levels": levels,
             "adaptive_vs_best": rates["adaptive"] / rates[best_fixed],
-            "adaptive_vs_loop": rates["adaptive"] / rates["loop"]}
+            "adaptive_vs_loop": statistics.median(paired)}
 
 
 def mixed_trace(quick: bool) -> dict[str, Any]:
@@ -178,7 +181,7 @@ def mixed_trace(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the items")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, GIL {'on' if gil_enabled() else 'off'}, "

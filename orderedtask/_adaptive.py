@@ -16,7 +16,8 @@ GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all. S
 controller re-probes a neighbour now and then (up and down in turn; less often while probes
 do not pay). The workload changed, and the climb starts again from the fewest workers, when
 a level runs at a rate far from the one it ran at before (in any mode: a change during a
-climb is caught too), or when a settled rate jumps away from its average twice in a row.
+climb is caught too), or when a settled rate stays away from its average, on one side of it,
+three readings in a row.
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ CHEAP_RATE = 200_000.0
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
 REPROBE_SECONDS = 1.0
 MAX_REPROBE_SECONDS = 8.0
-#: A settled rate this far from its average, twice in a row, is a change of workload ...
+#: A settled rate this far from its average, SURPRISES readings in a row and on the same
+#: side of it, is a change of workload (many threads on two cores release in bursts: one
+#: interval of a stall and one of its catch-up are not a change) ...
 STEP_CHANGE = 0.35
+SURPRISES = 3
+#: ... where the average starts as the mean of the readings after the first one at the level.
+FRESH_READINGS = 3
 #: ... and so is a level's rate this many times above or below the one it ran at before,
 #: twice in a row (noise at one level is tens of percent, now and then an odd interval; a
 #: changed workload is several times, and stays).
@@ -124,7 +130,8 @@ class ConcurrencyController:
         self._came_from: tuple[int, float] | None = None  # the level a move left, its rate
         self._settled_at = 0.0
         self._average = 0.0  # the settled level's rate, smoothed
-        self._surprises = 0
+        self._surprises = 0  # readings in a row far from the settled average, on one side
+        self._surprise_side = 0
         self._fresh = 0  # readings after settling that only set the average
         self._next_probe = 1
         self._probe_gap = reprobe
@@ -317,19 +324,26 @@ class ConcurrencyController:
         # Measured afresh, from the second reading on: ``rate`` may be from a while ago or
         # a warm-up, and the first reading here still drains what the last level left.
         self._average = 0.0
-        self._fresh = 2
+        self._fresh = FRESH_READINGS
         self._surprises = 0
         self._go(now, level, f"settled: {reason}")
 
     def _watch(self, now: float, rate: float) -> None:
         if self._fresh:  # just settled: the first readings set the average, unjudged
             self._fresh -= 1
-            self._average = rate
+            if self._fresh < FRESH_READINGS - 1:  # the first one is skipped
+                measured = FRESH_READINGS - 1 - self._fresh
+                self._average += (rate - self._average) / measured
             return
         average = self._average
-        surprising = average > 0 and abs(rate - average) > STEP_CHANGE * average
-        self._surprises = self._surprises + 1 if surprising else 0
-        if self._surprises >= 2:
+        side = (rate > average) - (rate < average)
+        if average > 0 and abs(rate - average) > STEP_CHANGE * average:
+            same_side = self._surprises and side == self._surprise_side
+            self._surprises = self._surprises + 1 if same_side else 1
+            self._surprise_side = side
+        else:
+            self._surprises = 0
+        if self._surprises >= SURPRISES:
             self._restart(now, rate)
             return
         self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
