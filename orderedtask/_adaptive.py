@@ -57,7 +57,8 @@ CLEAR_LOSS = 0.5
 #: With the GIL on, items the consumer runs at this rate or faster at level 0 (5 µs each or
 #: less) cannot run faster on threads: handing one to a worker costs about a microsecond of
 #: GIL-held work on either side, which such an item does not save even if it released the GIL
-#: throughout. The climb from 0 settles at once for them; probes go on as usual.
+#: throughout. The climb from 0 settles at once for them; probes go on, every
+#: MAX_REPROBE_SECONDS from the first.
 CHEAP_RATE = 200_000.0
 #: How soon a settled controller tries a neighbour, in seconds; each probe that does not
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
@@ -263,6 +264,9 @@ class ConcurrencyController:
         if self.level == 0 and self.cheap_rate is not None and rate >= self.cheap_rate:
             reason = "items this cheap cannot pay for a hand-off"
             self._settle(now, 0, rate, reason)
+            # A probe costs three quarters of the rate while it lasts, and a workload this
+            # cheap is not expected to pay for one: the first waits the longest gap.
+            self._probe_gap = MAX_REPROBE_SECONDS
             self.decisions.append(Decision(now, 0, 0, rate, f"settled: {reason}"))  # no move
             return
         self._continue(now, rate)

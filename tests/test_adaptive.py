@@ -232,7 +232,12 @@ def test_items_too_cheap_for_a_hand_off_settle_at_0_and_are_probed_later() -> No
     assert all(level == 0 for _, level in trace)
     assert [d.reason for d in controller.decisions] == [
         "settled: items this cheap cannot pay for a hand-off"]
-    # ... but it still probes later, and follows a change to work that waits.
+    # ... and probes later, first after the longest gap (a probe costs them most) ...
+    controller = ConcurrencyController(64, cheap_rate=200_000)
+    simulate(controller, gil_bound, _adaptive.MAX_REPROBE_SECONDS + 1.0)
+    probes = [d.time for d in controller.decisions if d.reason == "probing up"]
+    assert len(probes) == 1 and probes[0] >= _adaptive.MAX_REPROBE_SECONDS
+    # ... and follows a change to work that waits.
     def changing(t: float, level: int) -> float:
         return gil_bound(t, level) if t < 2.0 else io_bound(t, level)
 
