@@ -350,6 +350,8 @@ class ConcurrencyController:
         if self._surprises >= SURPRISES:
             self._restart(now, rate)
             return
+        if self._surprises:  # noise or a new workload: neither is averaged, nor probed from
+            return
         self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
         if now - self._settled_at < self._probe_gap:
             return
