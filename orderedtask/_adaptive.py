@@ -133,6 +133,7 @@ class ConcurrencyController:
         self._average = 0.0  # the settled level's rate, smoothed
         self._surprises = 0  # readings in a row far from the settled average, on one side
         self._surprise_side = 0
+        self._streak = 0  # surprising readings in a row, either side
         self._fresh = 0  # readings after settling that only set the average
         self._next_probe = 1
         self._probe_gap = reprobe
@@ -247,7 +248,7 @@ class ConcurrencyController:
         # The workload changed: climb again from the fewest workers, as at the start. A walk
         # from here would trust rates measured on the old workload, and GIL-bound work at
         # many threads measures too noisily to walk down quickly.
-        self._surprises = 0
+        self._surprises = self._streak = 0
         self._probe_gap = self.reprobe
         self._rates = {self.level: rate}
         self._odd = 0
@@ -329,7 +330,7 @@ class ConcurrencyController:
         # a warm-up, and the first reading here still drains what the last level left.
         self._average = 0.0
         self._fresh = FRESH_READINGS
-        self._surprises = 0
+        self._surprises = self._streak = 0
         self._go(now, level, f"settled: {reason}")
 
     def _watch(self, now: float, rate: float) -> None:
@@ -345,12 +346,15 @@ class ConcurrencyController:
             same_side = self._surprises and side == self._surprise_side
             self._surprises = self._surprises + 1 if same_side else 1
             self._surprise_side = side
+            self._streak += 1
         else:
-            self._surprises = 0
+            self._surprises = self._streak = 0
         if self._surprises >= SURPRISES:
             self._restart(now, rate)
             return
-        if self._surprises:  # noise or a new workload: neither is averaged, nor probed from
+        # A change being confirmed is neither averaged nor probed from; surprises on both
+        # sides for as long as a confirmation takes are this level's noise, and are.
+        if 0 < self._streak < SURPRISES:
             return
         self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
         if now - self._settled_at < self._probe_gap:

@@ -208,6 +208,23 @@ def test_bursts_at_a_settled_level_are_not_a_change_of_workload(seed) -> None:
     assert average_rate(trace, io_bound, 2.0) >= 0.75 * best(io_bound, controller.levels)
 
 
+def test_noise_on_both_sides_of_the_average_does_not_stop_the_probes() -> None:
+    # Settled, then every interval reads far above or far below the average in turn: no
+    # change of workload (never three on one side), and no confirmation to wait for either,
+    # so the probes go on (waiting for one would freeze the level for good).
+    def alternating(t: float, level: int) -> float:
+        swing = 1.0 if t < 1.0 else (0.45 if int(t / 0.042) % 2 else 1.55)
+        return io_bound(t, level) * swing
+
+    controller = ConcurrencyController(64)
+    simulate(controller, alternating, 12.0)
+    assert not [d for d in controller.decisions if "changed" in d.reason]
+    probes = [d.time for d in controller.decisions if d.reason.startswith("probing")]
+    # Failed probes double the gap, 1 then 2 then 4 s; waiting on surprises instead held a
+    # level 6.5 s without a probe here.
+    assert max(b - a for a, b in zip([1.0, *probes], [*probes, 12.0])) < 5.0
+
+
 def test_a_change_the_level_sees_by_less_than_its_limit_is_followed_within_a_second() -> None:
     # Waits, then work that two cores compute: level 64 runs 3x slower (inside the 4x that
     # the per-level rule takes for noise), and 2 is now best: the settled rule sees it.
