@@ -131,8 +131,7 @@ class ConcurrencyController:
         self._came_from: tuple[int, float] | None = None  # the level a move left, its rate
         self._settled_at = 0.0
         self._average = 0.0  # the settled level's rate, smoothed
-        self._surprises = 0  # readings in a row far from the settled average, on one side
-        self._surprise_side = 0
+        self._surprises = 0  # readings in a row far from the settled average: + above, - below
         self._streak = 0  # surprising readings in a row, either side
         self._fresh = 0  # readings after settling that only set the average
         self._next_probe = 1
@@ -341,15 +340,14 @@ class ConcurrencyController:
                 self._average += (rate - self._average) / measured
             return
         average = self._average
-        side = (rate > average) - (rate < average)
         if average > 0 and abs(rate - average) > STEP_CHANGE * average:
-            same_side = self._surprises and side == self._surprise_side
-            self._surprises = self._surprises + 1 if same_side else 1
-            self._surprise_side = side
+            side = 1 if rate > average else -1
+            same_side = self._surprises * side > 0
+            self._surprises = self._surprises + side if same_side else side
             self._streak += 1
         else:
             self._surprises = self._streak = 0
-        if self._surprises >= SURPRISES:
+        if abs(self._surprises) >= SURPRISES:
             self._restart(now, rate)
             return
         # A change being confirmed is neither averaged nor probed from; surprises on both
