@@ -6,18 +6,19 @@ the rate says so. It has no threads and no clock of its own: the caller passes t
 the running count of completed items to ``update``, which returns the level to run at. Level
 0 means that no worker runs: the consumer runs the work itself.
 
-Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A step up must pay, twice in
-a row (the rate rises by more than the noise, ``tolerance``; once is enough when it rises by
-half, and a step that scales linearly skips a rung next); a step down is kept unless it costs
-(fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly costs
-is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker beside
+Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A move is judged on the rate
+of the two intervals after it, pooled (one is enough when the rate rose or fell by half): a
+step up must pay (raise the rate by more than the noise, ``tolerance``; a step that scales
+linearly skips a rung next); a step down is kept unless it costs (fewer workers are cheaper,
+so a flat stretch is walked down); a step up that clearly costs is undone after a quarter of
+an interval. Up from 0 the first step is to 2: one worker beside
 an idle consumer runs no faster than the consumer alone, so 1 would stop every climb; with the
 GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all. Settled, the
 controller re-probes a neighbour now and then (up and down in turn; less often while probes
 do not pay). The workload changed, and the climb starts again from the fewest workers, when
 a level runs at a rate far from the one it ran at before (in any mode: a change during a
 climb is caught too), or when a settled rate stays away from its average, on one side of it,
-three readings in a row.
+three readings in a row (a shorter run away from it was noise, and is averaged in).
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ class ConcurrencyController:
         self._average = 0.0  # the settled level's rate, smoothed
         self._surprises = 0  # readings in a row far from the settled average: + above, - below
         self._streak = 0  # surprising readings in a row, either side
+        self._held: list[float] = []  # the current run's readings, not averaged in yet
         self._fresh = 0  # readings after settling that only set the average
         self._next_probe = 1
         self._probe_gap = reprobe
-        self._confirmed = False  # a step up paid once, and is measured again
+        self._confirmed = False  # a move's first verdict was not strong: measured again
+        self._pooled = (0.0, 0)  # the seconds and items measured since the last move
         # The interval after a move (and the first) is not measured: the window fills or
         # drains then, and completions run ahead of (or behind) the level's steady rate.
         self._warming = min_interval  # seconds; the first a whole interval (cold caches)
@@ -163,13 +166,21 @@ class ConcurrencyController:
         if self._level_changed(self.rate):
             self._restart(now, self.rate)
             return self.level
+        seconds, items = self._pooled
+        self._pooled = (seconds + elapsed, items + done)
         if self._mode == "moving":
-            self._moved(now, self.rate)
+            self._moved(now, self._pooled_rate())
         elif self._mode == "probing":
-            self._probed(now, self.rate)
+            self._probed(now, self._pooled_rate())
         else:
             self._watch(now, self.rate)
         return self.level
+
+    def _pooled_rate(self) -> float:
+        # A move is judged on every interval measured since it: with many threads on two
+        # cores one interval reads tens of percent off (the GIL releases them in bursts).
+        seconds, items = self._pooled
+        return items / seconds
 
     def raise_floor(self, now: float, min_level: int) -> int:
         """Never go below ``min_level`` from now on (the level rises to it if lower)."""
@@ -242,12 +253,14 @@ class ConcurrencyController:
             self._warming = self.min_interval / 4
             self._odd = 0
             self._confirmed = False
+            self._pooled = (0.0, 0)
 
     def _restart(self, now: float, rate: float) -> None:
         # The workload changed: climb again from the fewest workers, as at the start. A walk
         # from here would trust rates measured on the old workload, and GIL-bound work at
         # many threads measures too noisily to walk down quickly.
         self._surprises = self._streak = 0
+        self._held.clear()
         self._probe_gap = self.reprobe
         self._rates = {self.level: rate}
         self._odd = 0
@@ -276,24 +289,21 @@ class ConcurrencyController:
         if came_from is None:
             self._climb(now, rate)
             return
-        accepted = self._accepts(self._direction, rate, came_from[1])
-        if self._unconfirmed(accepted, rate, came_from[1]):
+        if self._unconfirmed(rate, came_from[1]):
             return
-        if not accepted:
+        if not self._accepts(self._direction, rate, came_from[1]):
             self._settle(now, came_from[0], came_from[1],
                          "the step did not pay" if self._direction > 0 else "the step cost")
             return
         self._continue(now, rate)
 
-    def _unconfirmed(self, accepted: bool, rate: float, before: float) -> bool:
-        # Moving towards more workers needs two intervals in a row that say so: one lucky
-        # interval (the GIL handed round kindly, the collector idle) must not buy threads
-        # that then cost, nor one unlucky interval undo a step down. Towards fewer workers,
-        # or on a strong signal (the rate rose or fell by half), one interval is enough.
-        towards_more = accepted if self._direction > 0 else not accepted
-        strong = rate > before * STRONG_GAIN if self._direction > 0 else (
-            rate * STRONG_GAIN < before)
-        if not towards_more or strong or self._confirmed:
+    def _unconfirmed(self, rate: float, before: float) -> bool:
+        # A verdict takes two intervals, pooled: one lucky interval (the GIL handed round
+        # kindly, the collector idle) must not buy threads that then cost, nor one unlucky
+        # one undo a step that pays. A strong signal (the rate rose or fell by half) is
+        # enough at once.
+        strong = rate > before * STRONG_GAIN or rate * STRONG_GAIN < before
+        if strong or self._confirmed:
             self._confirmed = False
             return False
         self._confirmed = True
@@ -330,6 +340,7 @@ class ConcurrencyController:
         self._average = 0.0
         self._fresh = FRESH_READINGS
         self._surprises = self._streak = 0
+        self._held.clear()
         self._go(now, level, f"settled: {reason}")
 
     def _watch(self, now: float, rate: float) -> None:
@@ -342,19 +353,22 @@ class ConcurrencyController:
         average = self._average
         if average > 0 and abs(rate - average) > STEP_CHANGE * average:
             side = 1 if rate > average else -1
-            same_side = self._surprises * side > 0
-            self._surprises = self._surprises + side if same_side else side
+            if self._surprises * side <= 0:  # the run on the other side was noise
+                self._average_in_held()
+            self._surprises += side
+            self._held.append(rate)
             self._streak += 1
+            if abs(self._surprises) >= SURPRISES:
+                self._restart(now, rate)
+                return
+            # A change being confirmed is not probed from; surprises on both sides for as
+            # long as a confirmation takes are this level's noise, and are.
+            if self._streak < SURPRISES:
+                return
         else:
-            self._surprises = self._streak = 0
-        if abs(self._surprises) >= SURPRISES:
-            self._restart(now, rate)
-            return
-        # A change being confirmed is neither averaged nor probed from; surprises on both
-        # sides for as long as a confirmation takes are this level's noise, and are.
-        if 0 < self._streak < SURPRISES:
-            return
-        self._average = 0.7 * average + 0.3 * rate if average > 0 else rate
+            self._average_in_held()
+            self._streak = 0
+            self._average = 0.7 * self._average + 0.3 * rate if self._average > 0 else rate
         if now - self._settled_at < self._probe_gap:
             return
         self._settled_at = now
@@ -368,13 +382,20 @@ class ConcurrencyController:
                 self._go(now, neighbour, "probing up" if direction > 0 else "probing down")
                 return
 
+    def _average_in_held(self) -> None:
+        # A run of surprises that ended was noise: its readings count, or the average would
+        # drift away from every burst it left out.
+        for rate in self._held:
+            self._average = 0.7 * self._average + 0.3 * rate
+        self._held.clear()
+        self._surprises = 0
+
     def _probed(self, now: float, rate: float) -> None:
         came_from = self._came_from
         assert came_from is not None
-        accepted = self._accepts(self._direction, rate, came_from[1])
-        if self._unconfirmed(accepted, rate, came_from[1]):
+        if self._unconfirmed(rate, came_from[1]):
             return
-        if accepted:
+        if self._accepts(self._direction, rate, came_from[1]):
             self._mode = "moving"  # keep going that way
             self._probe_gap = self.reprobe
             self._continue(now, rate)

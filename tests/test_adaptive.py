@@ -225,6 +225,32 @@ def test_noise_on_both_sides_of_the_average_does_not_stop_the_probes() -> None:
     assert max(b - a for a, b in zip([1.0, *probes], [*probes, 12.0])) < 5.0
 
 
+def feed(controller: ConcurrencyController, rates: list[float], now: float = 0.0,
+         completed: float = 0.0, interval: float = 0.05) -> tuple[float, float]:
+    """One reading per ``interval`` of simulated time, at each rate in turn."""
+    for rate in rates:
+        now += interval
+        completed += rate * interval
+        controller.update(now, int(completed))
+    return now, completed
+
+
+def test_the_settled_average_counts_the_bursts_it_did_not_take_for_a_change() -> None:
+    # One level, no neighbours (no probes): a stall's interval and its catch-up's in turn.
+    # A catch-up far above the average is a surprise; when the next reading is ordinary it
+    # was noise, and counts: an average of the ordinary readings alone would sink below the
+    # level's mean, then take three high-ish readings in a row for a change of workload.
+    controller = ConcurrencyController(0)
+    restarts: list[float] = []
+    controller._restart = lambda now, rate: restarts.append(now)  # type: ignore[method-assign]
+    clock = feed(controller, [10_000.0] * 10)
+    assert controller.settled
+    clock = feed(controller, [16_000.0, 10_000.0] * 10, *clock)
+    feed(controller, [16_000.0, 14_200.0, 16_000.0, 10_000.0], *clock)
+    assert restarts == []
+    assert 12_000 < controller._average < 15_000
+
+
 def test_a_change_the_level_sees_by_less_than_its_limit_is_followed_within_a_second() -> None:
     # Waits, then work that two cores compute: level 64 runs 3x slower (inside the 4x that
     # the per-level rule takes for noise), and 2 is now best: the settled rule sees it.
@@ -329,6 +355,25 @@ def test_a_linear_climb_skips_rungs_and_a_probe_finds_a_skipped_best() -> None:
     controller = ConcurrencyController(64)
     trace = simulate(controller, best_at_16, 6.0)
     assert average_rate(trace, best_at_16, 3.0) >= 0.9 * best(best_at_16, controller.levels)
+
+
+@pytest.mark.parametrize("later, kept", [(14_500.0, 2), (11_500.0, 1)])
+def test_a_move_is_judged_on_its_intervals_pooled(later, kept) -> None:
+    # Level 1 runs 10,000 items/s; level 2's first interval reads 9,500 (a stall of many
+    # threads), the next ``later``. One interval does not decide (it said "costs", and
+    # 2 pays 20% in the first case); both pooled do: 12,000 pays, 10,500 does not.
+    controller = ConcurrencyController(2, min_level=1)
+    now, completed, at_two = 0.0, 0.0, 0
+    level = controller.update(now, 0)
+    for _ in range(16):  # 0.8 s: no probe yet
+        now += 0.05
+        if level == 2:
+            at_two += 1  # the first reading there ends the warm-up; the second is measured
+        completed += 0.05 * (10_000.0 if level == 1 else 9_500.0 if at_two <= 2 else later)
+        level = controller.update(now, int(completed))
+    assert level == kept
+    assert [d.reason for d in controller.decisions][0] == "stepping up"
+    assert not [d for d in controller.decisions if d.reason.startswith("probing")]
 
 
 def test_a_strong_gain_needs_no_confirmation() -> None:
