@@ -311,6 +311,41 @@ def test_items_too_cheap_for_a_hand_off_settle_at_0_and_are_probed_later() -> No
     assert reached(simulate(controller, io_bound, 2.0), 0.0, lambda level: level == 64) < 0.5
 
 
+class _Engine:  # what a Tuner drives: a level
+    level = 0
+
+    def set_level(self, level: int) -> None:
+        self.level = level
+
+
+class _Backend:  # ... and what it starts workers with
+    min_level = 0
+    start_at_ceiling = False
+
+    def start(self, engine: object, count: int, name: str) -> list[object]:
+        return [object()] * count
+
+
+@pytest.mark.parametrize("seconds_per_item", [1e-6, 1e-3])
+def test_the_consumer_reports_every_few_milliseconds_worth_from_the_start(
+        seconds_per_item) -> None:
+    # Before the controller's first rate (its warm-up and first interval, ~80 ms), the pace
+    # since the last report sizes the next: cheap items are not read every 16 (a reading
+    # costs about a microsecond), slow ones still every few milliseconds.
+    now = [0.0]
+    tuner = _adaptive.Tuner(_Engine(), _Backend(), "test", 64, clock=lambda: now[0])
+    completed, counts = 0, []
+    while now[0] < 0.06 and not tuner.controller.rate:
+        count = tuner.tune(completed)
+        counts.append(count)
+        completed += count
+        now[0] += count * seconds_per_item
+    assert counts[0] == _adaptive.FIRST_UNREAD
+    wanted = max(1, min(_adaptive.MAX_UNREAD,
+                        int(_adaptive.READING_SECONDS / seconds_per_item)))
+    assert all(wanted - 1 <= count <= wanted for count in counts[2:])  # (float rounding)
+
+
 def test_the_tuner_asks_for_the_cheap_rule_only_with_the_gil_and_level_0(monkeypatch) -> None:
     from orderedtask._core import gil_enabled
 

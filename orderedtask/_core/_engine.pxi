@@ -1695,6 +1695,14 @@ cdef class Cursor:
 
     cdef object _next(self, object waker):
         try:
+            if (self._pulling and waker is None and self._untuned + 1 < self._tune_every
+                    and not load_int(&self._engine._stopping)):
+                # Level 0 with the claim held (so nothing in flight, nothing buffered): the
+                # loop's own path, with none of _step's checks.
+                self._untuned += 1
+                value = self._pull_one()
+                if value is not _NOTHING:
+                    return value
             if self._state != ACTIVE:
                 self._begin()
             return self._step(waker)
@@ -1802,10 +1810,7 @@ cdef class Cursor:
         source lasts until the next reading (``_fold``); the consumer is then the only
         writer of the counters it bumps."""
         cdef Engine engine = self._engine
-        cdef uint64_t position, label
-        cdef PyObject* pulled
-        cdef PyObject* output
-        cdef PyObject* error = NULL
+        cdef uint64_t position
         if not self._pulling:
             if not engine._claim_pull(&position):
                 return _NOTHING
@@ -1817,6 +1822,15 @@ cdef class Cursor:
                 except BaseException:
                     self._fold()
                     raise
+        return self._pull_one()
+
+    cdef object _pull_one(self):
+        # _bypass with the claim held.
+        cdef Engine engine = self._engine
+        cdef uint64_t position, label
+        cdef PyObject* pulled
+        cdef PyObject* output
+        cdef PyObject* error = NULL
         position = self._pull_next
         pulled = PyIter_Next(engine._source)
         if pulled == NULL:
