@@ -7,7 +7,8 @@ the running count of completed items to ``update``, which returns the level to r
 0 means that no worker runs: the consumer runs the work itself.
 
 Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A move is judged on the rate
-of the two intervals after it, pooled (one is enough when the rate rose or fell by half): a
+of the two intervals after it, pooled (one is enough when the rate rose or fell by half, or
+rose on a step down): a
 step up must pay (raise the rate by more than the noise, ``tolerance``; a step that scales
 linearly skips a rung next); a step down is kept unless it costs (fewer workers are cheaper,
 so a flat stretch is walked down); a step up that clearly costs is undone after a quarter of
@@ -301,8 +302,10 @@ class ConcurrencyController:
         # A verdict takes two intervals, pooled: one lucky interval (the GIL handed round
         # kindly, the collector idle) must not buy threads that then cost, nor one unlucky
         # one undo a step that pays. A strong signal (the rate rose or fell by half) is
-        # enough at once.
-        strong = rate > before * STRONG_GAIN or rate * STRONG_GAIN < before
+        # enough at once, and so is a step down that gains (fewer workers, and faster:
+        # a walk down from many threads contending takes one interval a rung).
+        strong = (rate > before * STRONG_GAIN or rate * STRONG_GAIN < before
+                  or (self._direction < 0 and rate > before * (1.0 + self.tolerance)))
         if strong or self._confirmed:
             self._confirmed = False
             return False
