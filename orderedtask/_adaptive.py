@@ -401,6 +401,10 @@ class ConcurrencyController:
         if self._accepts(self._direction, rate, came_from[1]):
             self._mode = "moving"  # keep going that way
             self._probe_gap = self.reprobe
+            # The rates other levels ran at are of a workload that this probe says has
+            # changed (or were measured wrong): on the walk from here they would take the
+            # better rate at the next rung for a change again, and climb from the floor.
+            self._rates = {came_from[0]: came_from[1], self.level: rate}
             self._continue(now, rate)
             return
         self._confirmed = False
