@@ -8,18 +8,18 @@ the running count of completed items to ``update``, which returns the level to r
 
 Levels move along a ladder (0, 1, 2, 4, 8, ... ``max_level``). A move is judged on the rate
 of the two intervals after it, pooled (one is enough when the rate rose or fell by half, or
-rose on a step down): a
-step up must pay (raise the rate by more than the noise, ``tolerance``; a step that scales
-linearly skips a rung next); a step down is kept unless it costs (fewer workers are cheaper,
-so a flat stretch is walked down); a step up that clearly costs is undone after a quarter of
-an interval. Up from 0 the first step is to 2: one worker beside
-an idle consumer runs no faster than the consumer alone, so 1 would stop every climb; with the
-GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all. Settled, the
-controller re-probes a neighbour now and then (up and down in turn; less often while probes
-do not pay). The workload changed, and the climb starts again from the fewest workers, when
-a level runs at a rate far from the one it ran at before (in any mode: a change during a
-climb is caught too), or when a settled rate stays away from its average, on one side of it,
-three readings in a row (a shorter run away from it was noise, and is averaged in).
+rose on a step down): a step up must pay (raise the rate by more than the noise,
+``tolerance``; a step that scales linearly skips a rung next); a step down is kept unless it
+costs (fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly
+costs is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker
+beside an idle consumer runs no faster than the consumer alone, so 1 would stop every climb;
+with the GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all.
+Settled, the controller re-probes a neighbour now and then (up and down in turn; less often
+while probes do not pay). The workload changed, and the climb starts again from the fewest
+workers, when a level runs at a rate far from the one it ran at before (in any mode: a change
+during a climb is caught too), or when a settled rate stays away from its average, on one
+side of it, three readings in a row (a shorter run away from it was noise, and is averaged
+in).
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ class ConcurrencyController:
                 self._restart(now, rate)
                 return
             # A change being confirmed is not probed from; surprises on both sides for as
-            # long as a confirmation takes are this level's noise, and are.
+            # long as a confirmation takes are this level's noise, and do not stop probes.
             if self._streak < SURPRISES:
                 return
         else:
