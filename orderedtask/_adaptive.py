@@ -99,7 +99,7 @@ class Decision:
     time: float
     previous: int
     level: int
-    rate: float  # items per second measured at ``previous``
+    rate: float  # items per second measured at ``previous`` (since the move there)
     reason: str
 
 
@@ -167,8 +167,9 @@ class ConcurrencyController:
         if self._level_changed(self.rate):
             self._restart(now, self.rate)
             return self.level
-        seconds, items = self._pooled
-        self._pooled = (seconds + elapsed, items + done)
+        if self._mode != "settled":
+            seconds, items = self._pooled
+            self._pooled = (seconds + elapsed, items + done)
         if self._mode == "moving":
             self._moved(now, self._pooled_rate())
         elif self._mode == "probing":
@@ -247,9 +248,12 @@ class ConcurrencyController:
 
     # -- moves ---------------------------------------------------------------------------
 
-    def _go(self, now: float, level: int, reason: str) -> None:
+    def _go(self, now: float, level: int, reason: str, rate: float | None = None) -> None:
         if level != self.level:
-            self.decisions.append(Decision(now, self.level, level, self.rate, reason))
+            if rate is None:  # the rate the move was judged on
+                seconds, items = self._pooled
+                rate = items / seconds if seconds > 0 else self.rate
+            self.decisions.append(Decision(now, self.level, level, rate, reason))
             self.level = level
             self._warming = self.min_interval / 4
             self._odd = 0
@@ -271,7 +275,7 @@ class ConcurrencyController:
         if self.level == self.min_level:
             self._climb(now, rate)
         else:
-            self._go(now, self.min_level, "the workload changed: climbing again")
+            self._go(now, self.min_level, "the workload changed: climbing again", rate)
 
     def _climb(self, now: float, rate: float) -> None:
         # The first step of a climb, from the rate at the lowest level.
@@ -382,7 +386,8 @@ class ConcurrencyController:
                 self._mode = "probing"
                 self._direction = direction
                 self._came_from = (self.level, self._average)
-                self._go(now, neighbour, "probing up" if direction > 0 else "probing down")
+                self._go(now, neighbour, "probing up" if direction > 0 else "probing down",
+                         self._average)
                 return
 
     def _average_in_held(self) -> None:

@@ -433,6 +433,8 @@ def test_a_move_is_judged_on_its_intervals_pooled(later, kept) -> None:
         level = controller.update(now, int(completed))
     assert level == kept
     assert [d.reason for d in controller.decisions][0] == "stepping up"
+    if kept == 1:  # the decision reports the rate it was taken on: both intervals, pooled
+        assert controller.decisions[1].rate == pytest.approx((9_500 + later) / 2, rel=0.02)
     assert not [d for d in controller.decisions if d.reason.startswith("probing")]
 
 
