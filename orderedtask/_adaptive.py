@@ -182,7 +182,7 @@ class ConcurrencyController:
         # A move is judged on every interval measured since it: with many threads on two
         # cores one interval reads tens of percent off (the GIL releases them in bursts).
         seconds, items = self._pooled
-        return items / seconds
+        return items / seconds if seconds > 0 else self.rate
 
     def raise_floor(self, now: float, min_level: int) -> int:
         """Never go below ``min_level`` from now on (the level rises to it if lower)."""
@@ -251,8 +251,7 @@ class ConcurrencyController:
     def _go(self, now: float, level: int, reason: str, rate: float | None = None) -> None:
         if level != self.level:
             if rate is None:  # the rate the move was judged on
-                seconds, items = self._pooled
-                rate = items / seconds if seconds > 0 else self.rate
+                rate = self._pooled_rate()
             self.decisions.append(Decision(now, self.level, level, rate, reason))
             self.level = level
             self._warming = self.min_interval / 4
@@ -375,7 +374,7 @@ class ConcurrencyController:
         else:
             self._average_in_held()
             self._streak = 0
-            self._average = 0.7 * self._average + 0.3 * rate if self._average > 0 else rate
+            self._average_in(rate)
         if now - self._settled_at < self._probe_gap:
             return
         self._settled_at = now
@@ -394,9 +393,12 @@ class ConcurrencyController:
         # A run of surprises that ended was noise: its readings count, or the average would
         # drift away from every burst it left out.
         for rate in self._held:
-            self._average = 0.7 * self._average + 0.3 * rate
+            self._average_in(rate)
         self._held.clear()
         self._surprises = 0
+
+    def _average_in(self, rate: float) -> None:
+        self._average = 0.7 * self._average + 0.3 * rate if self._average > 0 else rate
 
     def _probed(self, now: float, rate: float) -> None:
         came_from = self._came_from
