@@ -13,7 +13,8 @@ rose on a step down): a step up must pay (raise the rate by more than the noise,
 costs (fewer workers are cheaper, so a flat stretch is walked down); a step up that clearly
 costs is undone after a quarter of an interval. Up from 0 the first step is to 2: one worker
 beside an idle consumer runs no faster than the consumer alone, so 1 would stop every climb;
-with the GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all.
+with the GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all, and
+items slow enough that a hand-off is noise (``SLOW_RATE``) step to 8 at once.
 Settled, the controller re-probes a neighbour now and then (up and down in turn; less often
 while probes do not pay). The workload changed, and the climb starts again from the fewest
 workers, when a level runs at a rate far from the one it ran at before (in any mode: a change
@@ -62,6 +63,13 @@ CLEAR_LOSS = 0.5
 #: throughout. The climb from 0 settles at once for them; probes go on, every
 #: MAX_REPROBE_SECONDS from the first.
 CHEAP_RATE = 200_000.0
+#: Items the consumer runs slower than this at level 0 (half a millisecond each or more) make
+#: a hand-off noise: the first step of a climb goes to SLOW_STEP workers, not 2 (work that
+#: waits scales from there; GIL-bound work loses no more at 8 threads than at 2, as a thread
+#: holds the GIL for whole items), and a cold start warms up for a quarter of an interval
+#: only (a cold cache is nothing beside such items).
+SLOW_RATE = 2_000.0
+SLOW_STEP = 8
 #: How soon a settled controller tries a neighbour, in seconds; each probe that does not
 #: pay doubles the wait, up to MAX_REPROBE_SECONDS (a probe runs at a worse level a while).
 REPROBE_SECONDS = 1.0
@@ -154,13 +162,16 @@ class ConcurrencyController:
             return self.level
         elapsed, done = now - self._since, completed - self._count
         if self._warming:  # not measured
-            if elapsed >= self._warming:
+            if elapsed >= self._warming or self._slow_start(elapsed, done):
                 self._warming = 0.0
                 self._since, self._count = now, completed
             return self.level
+        # At level 0 the consumer runs every item itself, and no burst of threads sways the
+        # count: half the samples measure it as well.
+        samples = self.min_samples if self.level else self.min_samples // 2
         if not self._clearly_lost(elapsed, done) and (
                 elapsed < self.min_interval
-                or (done < self.min_samples and elapsed < self.max_interval)):
+                or (done < samples and elapsed < self.max_interval)):
             return self.level
         self._since, self._count = now, completed
         self.rate = done / elapsed
@@ -177,6 +188,12 @@ class ConcurrencyController:
         else:
             self._watch(now, self.rate)
         return self.level
+
+    def _slow_start(self, elapsed: float, done: int) -> bool:
+        # The cold start's warm-up, cut short when a quarter of it shows items of SLOW_RATE.
+        quarter = self.min_interval / 4
+        return (self.level == 0 and not self.decisions and elapsed >= quarter
+                and done < SLOW_RATE * quarter)
 
     def _pooled_rate(self) -> float:
         # A move is judged on every interval measured since it: with many threads on two
@@ -321,7 +338,10 @@ class ConcurrencyController:
             self._settle(now, self.level, rate, "at the end of the ladder")
             return
         reason = "stepping up" if self._direction > 0 else "stepping down"
-        if self._direction > 0 and self._scaled_linearly(rate):
+        if self._direction > 0 and self.level == 0 and 0 < rate < SLOW_RATE:
+            nxt = max(rung for rung in self.levels if rung <= max(SLOW_STEP, nxt))
+            reason = "stepping up (items this slow make a hand-off noise)"
+        elif self._direction > 0 and self._scaled_linearly(rate):
             further = self._step(nxt, 1)
             if further is not None:  # a probe finds the rung skipped if it was the best
                 nxt, reason = further, "stepping up two rungs (the last step scaled linearly)"

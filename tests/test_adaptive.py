@@ -289,10 +289,11 @@ def test_a_walk_down_through_contention_takes_one_interval_a_rung() -> None:
     assert average_rate(trace, changing, 2.5) >= 0.9 * CONTENDED[2]
 
 
-@pytest.mark.parametrize("change_at", [1.2, 1.24, 1.27, 1.3])
+@pytest.mark.parametrize("change_at", [1.09, 1.13, 1.16, 1.19])
 def test_a_change_found_as_a_probe_falls_due_is_followed_within_a_second(change_at) -> None:
-    # Settled at 64 by ~0.3 s, its first probe is due ~1 s later: GIL-bound work begins just
-    # before or as it falls due. Level 64 runs it only 1.8x faster than the waits (the
+    # Settled at 64 by ~0.2 s, its first probe is due ~1 s later (at 1.24): GIL-bound work
+    # begins just before it falls due. (A change inside the probe's own intervals reads as
+    # a probe that paid, and is walked down: 0 is reached ~0.35 s after it.) Level 64 runs it only 1.8x faster than the waits (the
     # settled rule sees that, the per-level one does not), and 0 is now best by far.
     def changing(t: float, level: int) -> float:
         return io_bound(t, level) if t < change_at else gil_bound(t, level) / 3
@@ -405,8 +406,11 @@ def test_a_step_up_that_clearly_costs_is_undone_within_an_interval() -> None:
 
 
 def test_a_linear_climb_skips_rungs_and_a_probe_finds_a_skipped_best() -> None:
+    def fast_waits(t: float, level: int) -> float:  # 0.1 ms waits: not slow enough to start at 8
+        return 10 * io_bound(t, level)
+
     controller = ConcurrencyController(64)
-    simulate(controller, io_bound, 1.0)
+    simulate(controller, fast_waits, 1.0)
     assert [(d.previous, d.level) for d in controller.decisions][:3] == [(0, 2), (2, 8), (8, 32)]
 
     def best_at_16(t: float, level: int) -> float:  # linear to 8, best at 16, worse beyond
@@ -438,13 +442,48 @@ def test_a_move_is_judged_on_its_intervals_pooled(later, kept) -> None:
     assert not [d for d in controller.decisions if d.reason.startswith("probing")]
 
 
-def test_a_strong_gain_needs_no_confirmation() -> None:
+def test_items_this_slow_start_the_climb_at_8() -> None:
+    # 1 ms waits: a quarter interval warms up, one measures level 0 (half the samples: the
+    # consumer alone), and the first step goes to 8, from where the climb scales linearly.
     controller = ConcurrencyController(64)
-    trace = simulate(controller, io_bound, 2.0)
-    # Each rung doubles the rate: one warm-up and one interval per rung (at level 0, 64
-    # samples at 1,000 a second), 0 -> 2 -> ... -> 64.
-    arrived = reached(trace, 0.0, lambda level: level == 64)
-    assert arrived <= 0.1 + 6 * 1.5 * _adaptive.MIN_INTERVAL + 10 * DT
+    trace = simulate(controller, io_bound, 1.0)
+    first = controller.decisions[0]
+    assert (first.previous, first.level) == (0, 8)
+    assert first.reason == "stepping up (items this slow make a hand-off noise)"
+    assert first.time <= 1.25 * _adaptive.MIN_INTERVAL + 2 * DT
+    assert [(d.previous, d.level) for d in controller.decisions][1:3] == [(8, 32), (32, 64)]
+    assert reached(trace, 0.0, lambda level: level == 64) <= 0.2
+
+    # Slow items that hold the GIL: 8 threads run them no faster, and it settles back at 0
+    # after one interval there, as it would from 2.
+    def slow_gil_bound(t: float, level: int) -> float:
+        return gil_bound(t, level) / 1_000
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, slow_gil_bound, 3.0)
+    assert [(d.previous, d.level, d.reason) for d in controller.decisions][:2] == [
+        (0, 8, "stepping up (items this slow make a hand-off noise)"),
+        (8, 0, "settled: the step did not pay")]
+    assert max(level for _, level in trace) == 8
+    assert average_rate(trace, slow_gil_bound, 0.5) >= 0.9 * slow_gil_bound(0.0, 0)
+
+    # The rule is the first step of a climb from 0 only: a floor of 1 climbs as before.
+    controller = ConcurrencyController(64, min_level=1)
+    simulate(controller, io_bound, 1.0)
+    assert (controller.decisions[0].previous, controller.decisions[0].level) == (1, 2)
+
+
+def test_a_strong_gain_needs_no_confirmation() -> None:
+    def strong(t: float, level: int) -> float:  # each rung 1.6x the last: strong, not linear
+        return 10_000.0 * 1.6 ** max(level, 1).bit_length()
+
+    controller = ConcurrencyController(64)
+    simulate(controller, strong, 2.0)
+    climb = [d for d in controller.decisions if d.reason == "stepping up"]
+    assert [d.level for d in climb] == [2, 4, 8, 16, 32, 64]
+    # One warm-up (a quarter of an interval) and one interval a rung.
+    gaps = [later.time - earlier.time for earlier, later in zip(climb, climb[1:])]
+    assert max(gaps) <= 1.25 * _adaptive.MIN_INTERVAL + 2 * DT
 
 
 def test_a_provisional_start_gives_way_to_the_floor_before_the_first_reading() -> None:
