@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,11 @@ class Running:
         self.thread = threading.Thread(target=self._run, name="test-run", daemon=True)
         self.thread.start()
 
+    def where(self) -> str:
+        """The stack of the thread that runs ``run()``: where it hangs, when it does."""
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(gone)"
+
     def _run(self) -> None:
         try:
             self.consumer.run()
@@ -162,13 +168,13 @@ class Running:
     def stop(self, timeout: float = 30.0) -> None:
         self.consumer.stop()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "run() did not return after stop()"
+        assert not self.thread.is_alive(), f"run() did not return after stop():\n{self.where()}"
         if self.error is not None:
             raise self.error
 
     def wait_error(self, timeout: float = 30.0) -> BaseException | None:
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "run() did not return"
+        assert not self.thread.is_alive(), f"run() did not return:\n{self.where()}"
         return self.error
 
 

@@ -482,6 +482,22 @@ def test_stop_is_idempotent_and_close_waits_for_run(cluster: MockCluster) -> Non
         consumer.run()
 
 
+def test_partitions_assigned_while_stopping_are_left_to_their_next_owner() -> None:
+    # An assignment that arrives during stop() (an eager rebalance under way as it leaves)
+    # takes no state and reads no commits: that read waits up to 10 s while the group
+    # rebalances, and nothing more will be consumed; unknown partitions' records are dropped.
+    from confluent_kafka import TopicPartition
+
+    class NoReads:
+        def committed(self, partitions: Any, timeout: float) -> Any:
+            raise AssertionError("committed offsets read while stopping")
+
+    consumer = ParallelConsumer({"group.id": "g"}, "t", decode_value)
+    consumer.stop()
+    consumer._on_assign(NoReads(), [TopicPartition("t", 0), TopicPartition("t", 1)])
+    assert consumer.stats()["partitions"] == []
+
+
 # -- the command line and the example ----------------------------------------------------
 def _run_until(process: subprocess.Popen, count: int, signum: int) -> list[str]:
     """Read stdout lines until ``count`` arrived, send ``signum``, wait for the exit; the

@@ -843,6 +843,12 @@ class ParallelConsumer:
         fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self._states]
         if not fresh:
             return
+        if self._stopping:
+            # Nothing more will be consumed: reading their commits (up to 10 s while the
+            # group rebalances) would only hold up close(); their next owner reads them.
+            log.info("assigned %s while stopping: left to the next owner",
+                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh))
+            return
         try:
             committed = consumer.committed(fresh, timeout=10)
         except KafkaException as exc:
