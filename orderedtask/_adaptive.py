@@ -85,6 +85,13 @@ FRESH_READINGS = 3
 #: twice in a row (noise at one level is tens of percent, now and then an odd interval; a
 #: changed workload is several times, and stays).
 LEVEL_CHANGE = 4.0
+#: Settled where the workers waited for work at most IDLE_LOW of the time (the first
+#: IDLE_FRESH readings at the level), IDLE_READINGS readings in a row where they wait
+#: IDLE_HIGH of it or more probe a level down at once.
+IDLE_LOW = 0.25
+IDLE_HIGH = 0.5
+IDLE_FRESH = 2
+IDLE_READINGS = 2
 #: How many decisions ``decisions`` keeps.
 HISTORY = 64
 
@@ -134,6 +141,11 @@ class ConcurrencyController:
         self.level = first
         self.decisions: deque[Decision] = deque(maxlen=HISTORY)
         self.rate = 0.0  # the last rate measured
+        self.idle: float | None = None  # the share of it the workers waited for work
+        self._idle_mark: float | None = None  # the idle total at the interval's start
+        self._idle_base = 1.0  # the settled level's idle share (1.0: not known yet)
+        self._idle_high = 0  # readings in a row with the workers idle, settled
+        self._idle_fresh = 0  # readings left that set _idle_base
         self._since: float | None = None  # the current interval's start: time, count
         self._count = 0
         self._mode = "moving"  # "moving", "probing" or "settled"
@@ -155,16 +167,20 @@ class ConcurrencyController:
         self._rates: dict[int, float] = {}  # level -> the rate it ran at last (not odd)
         self._odd = 0  # readings in a row at this level far from its rate
 
-    def update(self, now: float, completed: int) -> int:
-        """Take a reading (a time, the running total of completed items); return the level."""
+    def update(self, now: float, completed: int, idle: float | None = None) -> int:
+        """Take a reading; return the level.
+
+        ``completed`` is the running total of completed items, ``idle`` (optional) the
+        running total of the seconds workers spent waiting for work, summed over them.
+        """
         if self._since is None:
-            self._since, self._count = now, completed
+            self._since, self._count, self._idle_mark = now, completed, idle
             return self.level
         elapsed, done = now - self._since, completed - self._count
         if self._warming:  # not measured
             if elapsed >= self._warming or self._slow_start(elapsed, done):
                 self._warming = 0.0
-                self._since, self._count = now, completed
+                self._since, self._count, self._idle_mark = now, completed, idle
             return self.level
         # At level 0 the consumer runs every item itself, and no burst of threads sways the
         # count: half the samples measure it as well.
@@ -175,6 +191,7 @@ class ConcurrencyController:
             return self.level
         self._since, self._count = now, completed
         self.rate = done / elapsed
+        self.idle = self._idle_fraction(elapsed, idle)
         if self._level_changed(self.rate):
             self._restart(now, self.rate)
             return self.level
@@ -194,6 +211,13 @@ class ConcurrencyController:
         quarter = self.min_interval / 4
         return (self.level == 0 and not self.decisions and elapsed >= quarter
                 and done < SLOW_RATE * quarter)
+
+    def _idle_fraction(self, elapsed: float, idle: float | None) -> float | None:
+        # The share of the interval the level's workers spent waiting for work.
+        mark, self._idle_mark = self._idle_mark, idle
+        if idle is None or mark is None or not self.level:
+            return None
+        return min(1.0, max(0.0, (idle - mark) / (elapsed * self.level)))
 
     def _pooled_rate(self) -> float:
         # A move is judged on every interval measured since it: with many threads on two
@@ -367,9 +391,23 @@ class ConcurrencyController:
         self._fresh = FRESH_READINGS
         self._surprises = self._streak = 0
         self._held.clear()
+        self._rebase_idle()
         self._go(now, level, f"settled: {reason}")
 
     def _watch(self, now: float, rate: float) -> None:
+        idle = self.idle
+        if self._idle_fresh:  # the level's idle share, as it returned to it
+            self._idle_fresh -= 1
+            self._idle_base = max(self._idle_base, 1.0 if idle is None else idle)
+        elif self._workers_idle(idle):
+            assert idle is not None
+            # To the rung that holds the workers busy now: the rest only wait.
+            busy = max(1.0, self.level * (1.0 - idle))
+            target = min(rung for rung in self.levels if rung >= busy)
+            if target < self.level:
+                self._probe(now, -1, f"probing down: the workers wait for work {idle:.0%} "
+                                     f"of the time", target)
+                return
         if self._fresh:  # just settled: the first readings set the average, unjudged
             self._fresh -= 1
             if self._fresh < FRESH_READINGS - 1:  # the first one is skipped
@@ -397,17 +435,36 @@ class ConcurrencyController:
             self._average_in(rate)
         if now - self._settled_at < self._probe_gap:
             return
-        self._settled_at = now
         for direction in (self._next_probe, -self._next_probe):
-            neighbour = self._step(self.level, direction)
-            if neighbour is not None:
-                self._next_probe = -direction
-                self._mode = "probing"
-                self._direction = direction
-                self._came_from = (self.level, self._average)
-                self._go(now, neighbour, "probing up" if direction > 0 else "probing down",
-                         self._average)
+            if self._probe(now, direction, "probing up" if direction > 0 else "probing down"):
                 return
+
+    def _probe(self, now: float, direction: int, reason: str, to: int | None = None) -> bool:
+        self._settled_at = now
+        neighbour = self._step(self.level, direction) if to is None else to
+        if neighbour is None:
+            return False
+        self._next_probe = -direction
+        self._mode = "probing"
+        self._direction = direction
+        self._came_from = (self.level, self._average)
+        self._go(now, neighbour, reason, self._average)
+        return True
+
+    def _workers_idle(self, idle: float | None) -> bool:
+        # Settled where the workers had work waiting, they now wait for work (the source or
+        # the consumer cannot keep up, or the work got cheap: with the GIL off, many threads
+        # on few cores may run it at the rate they ran the waits before, and the rate alone
+        # does not tell): fewer workers would do as well, or better.
+        if idle is None or idle < IDLE_HIGH or self._idle_base > IDLE_LOW:
+            self._idle_high = 0
+            return False
+        self._idle_high += 1
+        return self._idle_high >= IDLE_READINGS
+
+    def _rebase_idle(self) -> None:
+        # The next readings at this level set the idle share that later ones are held to.
+        self._idle_base, self._idle_fresh, self._idle_high = 0.0, IDLE_FRESH, 0
 
     def _average_in_held(self) -> None:
         # A run of surprises that ended was noise: its readings count, or the average would
@@ -439,6 +496,7 @@ class ConcurrencyController:
         self._mode = "settled"
         self._came_from = None
         self._settled_at = now
+        self._rebase_idle()
         self._go(now, came_from[0], "back from a probe")
 
 
@@ -497,8 +555,10 @@ class Tuner:
         if self._provisional:
             self._provisional = False
             controller.climb_from_floor(now, "a consumer came: climbing from the fewest")
-        level = controller.update(now, completed)
-        if level != self.engine.level:
+        engine = self.engine
+        idle = engine.idle_seconds if engine.level else None  # none to wait at level 0
+        level = controller.update(now, completed, idle)
+        if level != engine.level:
             self._apply(level)
         # Until the controller has measured a rate (its first interval and a warm-up, ~80
         # ms), the pace since the last report sizes the next: at FIRST_UNREAD throughout,

@@ -27,15 +27,22 @@ DT = 0.002  # simulated seconds per reading: a refill of the consumer every 2 ms
 
 
 def simulate(controller: ConcurrencyController, rate: Callable[[float, int], float],
-             seconds: float, noise: float = 0.05, seed: int = 1) -> list[tuple[float, int]]:
-    """Drive ``controller`` for ``seconds`` of simulated time; the (time, level) trace."""
+             seconds: float, noise: float = 0.05, seed: int = 1,
+             idle: Callable[[float, int], float] | None = None) -> list[tuple[float, int]]:
+    """Drive ``controller`` for ``seconds`` of simulated time; the (time, level) trace.
+
+    ``idle``: the share of the time the level's workers wait for work (the engine's idle
+    total is passed to ``update`` at levels >= 1, as the Tuner does)."""
     rng = random.Random(seed)
-    now, completed, trace = 0.0, 0.0, []
+    now, completed, waited, trace = 0.0, 0.0, 0.0, []
     level = controller.update(now, 0)
     while now < seconds:
         now += DT
         completed += rate(now, level) * DT * max(0.0, rng.gauss(1.0, noise))
-        level = controller.update(now, int(completed))
+        if idle is not None:
+            waited += idle(now, level) * level * DT
+        level = controller.update(now, int(completed),
+                                  waited if idle is not None and level else None)
         assert controller.min_level <= level <= controller.max_level
         trace.append((now, level))
     return trace
@@ -289,6 +296,70 @@ def test_a_walk_down_through_contention_takes_one_interval_a_rung() -> None:
     assert average_rate(trace, changing, 2.5) >= 0.9 * CONTENDED[2]
 
 
+def json_after_waits(change_at: float) -> tuple[Callable[[float, int], float],
+                                               Callable[[float, int], float]]:
+    # 3.13t's mixed stream as measured: 1 ms waits, then json (GIL off), which 64 threads on
+    # two cores run at the rate they ran the waits, ~94% of their time waiting for work.
+    def rate(t: float, level: int) -> float:
+        return io_bound(t, level) if t < change_at else CONTENDED[level]
+
+    def idle(t: float, level: int) -> float:
+        return 0.0 if t < change_at else max(0.0, 1.0 - 3.0 / max(level, 1))
+
+    return rate, idle
+
+
+def test_workers_that_wait_for_work_where_they_did_not_probe_down_to_the_busy_ones() -> None:
+    change_at = 0.5  # settled at 64 by ~0.2 s; the first probe is due at ~1.2 s
+    rate, idle = json_after_waits(change_at)
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, rate, change_at + 3.0, idle=idle)
+    after = [d for d in controller.decisions if d.time > change_at]
+    # 64 x (1 - 0.953) = 3 busy workers: the probe goes to 4, two readings after the change.
+    assert (after[0].previous, after[0].level) == (64, 4)
+    assert after[0].reason == "probing down: the workers wait for work 95% of the time"
+    assert after[0].time - change_at <= 4 * _adaptive.MIN_INTERVAL
+    arrived = reached(trace, change_at, lambda level: level == 2)
+    assert arrived <= 0.5
+    assert average_rate(trace, rate, change_at + 1.0) >= 0.9 * CONTENDED[2]
+    # Without the idle share only the periodic probe finds the change, ~0.7 s later.
+    blind = ConcurrencyController(64)
+    assert reached(simulate(blind, rate, change_at + 3.0), change_at,
+                   lambda level: level == 2) > arrived + 0.5
+
+
+def test_workers_idle_since_the_level_settled_are_no_reason_to_probe() -> None:
+    # A source that gives 10,000 items/s to 1 ms waits: every level from 16 up idles; it
+    # settled so, and only the periodic probes walk it down.
+    def rate(t: float, level: int) -> float:
+        return min(1000.0 * max(level, 1), 10_000.0)
+
+    def idle(t: float, level: int) -> float:
+        return 1.0 - rate(t, level) / (1000.0 * max(level, 1))
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, rate, 6.0, idle=idle)
+    assert not [d for d in controller.decisions if "wait for work" in d.reason]
+    assert trace[-1][1] == 16  # the fewest workers that keep up
+
+
+def test_an_idle_probe_that_does_not_pay_is_not_tried_again_at_once() -> None:
+    # The workers wait (the consumer is slow), but fewer of them run at half the rate.
+    change_at = 0.5
+
+    def rate(t: float, level: int) -> float:
+        return io_bound(t, level) if t < change_at or level == 64 else io_bound(t, level) / 2
+
+    def idle(t: float, level: int) -> float:
+        return 0.0 if t < change_at else 0.9
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, rate, change_at + 3.0, idle=idle)
+    idle_probes = [d for d in controller.decisions if "wait for work" in d.reason]
+    assert len(idle_probes) == 1
+    assert average_rate(trace, rate, change_at + 0.5) >= 0.9 * rate(change_at + 1.0, 64)
+
+
 @pytest.mark.parametrize("change_at", [1.09, 1.13, 1.16, 1.19])
 def test_a_change_found_as_a_probe_falls_due_is_followed_within_a_second(change_at) -> None:
     # Settled at 64 by ~0.2 s, its first probe is due ~1 s later (at 1.24): GIL-bound work
@@ -339,6 +410,7 @@ def test_items_too_cheap_for_a_hand_off_settle_at_0_and_are_probed_later() -> No
 
 class _Engine:  # what a Tuner drives: a level
     level = 0
+    idle_seconds = 0.0
 
     def set_level(self, level: int) -> None:
         self.level = level
@@ -526,7 +598,8 @@ class Scripted:
         self.readings = 0
         self.rate = 10_000.0  # items/s: the consumer reports every 40 items it runs itself
 
-    def update(self, now: float, completed: int) -> int:
+    def update(self, now: float, completed: int, idle: float | None = None) -> int:
+        assert idle is None or idle >= 0.0  # the engine's idle total, read at levels >= 1
         self.readings += 1
         self.level = self.levels[self.readings // 3 % len(self.levels)]
         return self.level
@@ -756,6 +829,34 @@ def test_aresults_of_an_adaptive_pool_never_runs_fn_on_the_loop(twin, scripted) 
 
     got, seen, loop_thread = asyncio.run(main())
     assert got == list(range(500)) and loop_thread not in seen
+
+
+def test_the_engine_counts_the_time_workers_wait_for_work_as_it_goes(twin) -> None:
+    import time
+
+    engine = orderedtask._core.Engine(8)
+    took: list = []
+
+    def worker() -> None:
+        rank = engine.worker_enter()
+        try:
+            took.append(engine.take(rank))  # nothing queued: waits until the close
+        finally:
+            engine.worker_exit()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    while engine.idle_seconds == 0.0:  # the wait began
+        time.sleep(0.001)
+    before = engine.idle_seconds
+    time.sleep(0.05)
+    assert engine.idle_seconds - before >= 0.05 - 1e-6  # a wait going on counts as it goes
+    engine.close()
+    thread.join(10)
+    assert took == [None]
+    ended = engine.idle_seconds
+    time.sleep(0.01)
+    assert engine.idle_seconds == ended  # no one waits: the total stays
 
 
 def test_the_real_controller_reports_its_level_and_decisions(twin) -> None:

@@ -186,6 +186,8 @@ cdef class Engine:
     cdef uint64_t _terminated_head
     cdef bint _has_terminated_head
     cdef Py_ssize_t _idle
+    cdef double _idle_seconds                          # workers' waits for work, ended
+    cdef double _idle_since                            # ... and the start times of those on
     cdef Py_ssize_t _wakeups
     cdef Py_ssize_t _producers_waiting
     cdef bint _consumer_waiting
@@ -346,6 +348,16 @@ cdef class Engine:
     def completed(self):
         """How many items were finished so far (the rate a concurrency controller reads)."""
         return self._finished
+
+    @property
+    def idle_seconds(self):
+        """How long workers waited for work so far, summed over them (a controller reads it:
+        the workers wait for work, not work for them)."""
+        cdef double seconds
+        self._lock()
+        seconds = self._idle_seconds + self._idle * monotonic() - self._idle_since
+        self._unlock()
+        return seconds
 
     @property
     def on_done_error(self):
@@ -845,6 +857,7 @@ cdef class Engine:
                     vector[Py_hash_t]& keys) noexcept:
         """Wait (GIL released) for work; True with a batch in ``slots``, False to exit."""
         cdef Py_ssize_t limit
+        cdef double waited
         self._lock()
         while True:
             if self._stopping:
@@ -872,8 +885,12 @@ cdef class Engine:
                 self._wait(&self._parked_cv, -1.0)
                 continue
             self._idle += 1
+            waited = monotonic()
+            self._idle_since += waited
             self._wait(&self._work_cv, -1.0)  # workers are never the main thread
             self._idle -= 1
+            self._idle_since -= waited
+            self._idle_seconds += monotonic() - waited
             if self._wakeups:
                 self._wakeups -= 1
 

@@ -263,6 +263,8 @@ class Engine:
         self._init_error: BaseException | None = None
         self._terminated_head: int | None = None
         self._idle = 0
+        self._idle_seconds = 0.0  # workers' waits for work, ended
+        self._idle_since = 0.0  # ... and the start times of those going on
         self._wakeups = 0
         self._waker: Callable[[], Any] | None = None
         self._consumer: int | None = None
@@ -327,6 +329,13 @@ class Engine:
     def completed(self) -> int:
         """How many items were finished so far (the rate a concurrency controller reads)."""
         return self._finished
+
+    @property
+    def idle_seconds(self) -> float:
+        """How long workers waited for work so far, summed over them (a controller reads it:
+        the workers wait for work, not work for them)."""
+        with self._lock:
+            return self._idle_seconds + self._idle * monotonic() - self._idle_since
 
     @property
     def on_done_error(self) -> BaseException | None:
@@ -741,10 +750,14 @@ class Engine:
                     self._parked_cv.wait()
                     continue
                 self._idle += 1
+                waited = monotonic()
+                self._idle_since += waited
                 try:
                     self._work.wait()
                 finally:
                     self._idle -= 1
+                    self._idle_since -= waited
+                    self._idle_seconds += monotonic() - waited
                     if self._wakeups:
                         self._wakeups -= 1
 
