@@ -20,7 +20,9 @@ while probes do not pay). The workload changed, and the climb starts again from 
 workers, when a level runs at a rate far from the one it ran at before (in any mode: a change
 during a climb is caught too), or when a settled rate stays away from its average, on one
 side of it, three readings in a row (a shorter run away from it was noise, and is averaged
-in).
+in). A settled level whose workers had work waiting, and now wait for work half the time or
+more (the caller passes their idle seconds in), is probed down at once, to the rung that
+holds the busy ones: a change the rate may not show.
 """
 
 from __future__ import annotations
