@@ -89,7 +89,7 @@ FRESH_READINGS = 3
 LEVEL_CHANGE = 4.0
 #: Settled where the workers waited for work at most IDLE_LOW of the time (the first
 #: IDLE_FRESH readings at the level), IDLE_READINGS readings in a row where they wait
-#: IDLE_HIGH of it or more probe a level down at once.
+#: IDLE_HIGH of it or more probe down at once, to the rung that holds the busy ones.
 IDLE_LOW = 0.25
 IDLE_HIGH = 0.5
 IDLE_FRESH = 2
