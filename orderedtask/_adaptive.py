@@ -401,15 +401,10 @@ class ConcurrencyController:
         if self._idle_fresh:  # the level's idle share, as it returned to it
             self._idle_fresh -= 1
             self._idle_base = max(self._idle_base, 1.0 if idle is None else idle)
-        elif self._workers_idle(idle):
-            assert idle is not None
-            # To the rung that holds the workers busy now: the rest only wait.
-            busy = max(1.0, self.level * (1.0 - idle))
-            target = min(rung for rung in self.levels if rung >= busy)
-            if target < self.level:
-                self._probe(now, -1, f"probing down: the workers wait for work {idle:.0%} "
-                                     f"of the time", target)
-                return
+        elif (target := self._idle_target(idle)) is not None:
+            self._probe(now, -1, f"probing down: the workers wait for work {idle:.0%} of "
+                                 f"the time", target)
+            return
         if self._fresh:  # just settled: the first readings set the average, unjudged
             self._fresh -= 1
             if self._fresh < FRESH_READINGS - 1:  # the first one is skipped
@@ -453,16 +448,21 @@ class ConcurrencyController:
         self._go(now, neighbour, reason, self._average)
         return True
 
-    def _workers_idle(self, idle: float | None) -> bool:
+    def _idle_target(self, idle: float | None) -> int | None:
         # Settled where the workers had work waiting, they now wait for work (the source or
         # the consumer cannot keep up, or the work got cheap: with the GIL off, many threads
         # on few cores may run it at the rate they ran the waits before, and the rate alone
-        # does not tell): fewer workers would do as well, or better.
+        # does not tell): fewer workers would do as well, or better. The level to probe:
+        # the rung that holds the workers busy now (the rest only wait), if below this one.
         if idle is None or idle < IDLE_HIGH or self._idle_base > IDLE_LOW:
             self._idle_high = 0
-            return False
+            return None
         self._idle_high += 1
-        return self._idle_high >= IDLE_READINGS
+        if self._idle_high < IDLE_READINGS:
+            return None
+        busy = max(1.0, self.level * (1.0 - idle))
+        target = min(rung for rung in self.levels if rung >= busy)
+        return target if target < self.level else None
 
     def _rebase_idle(self) -> None:
         # The next readings at this level set the idle share that later ones are held to.

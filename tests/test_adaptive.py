@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -832,8 +833,6 @@ def test_aresults_of_an_adaptive_pool_never_runs_fn_on_the_loop(twin, scripted) 
 
 
 def test_the_engine_counts_the_time_workers_wait_for_work_as_it_goes(twin) -> None:
-    import time
-
     engine = orderedtask._core.Engine(8)
     took: list = []
 
