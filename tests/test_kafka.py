@@ -476,10 +476,25 @@ def test_stop_is_idempotent_and_close_waits_for_run(cluster: MockCluster) -> Non
     consumer.stop()
     consumer.stop()
     consumer.close()
-    assert not running.thread.is_alive() and running.error is None
+    # close() returned once run() did: the consumer is down (the test's thread may still be
+    # on its way out of run(), so it is joined, not just looked at).
     assert consumer.stats()["running"] is False
+    running.stop(timeout=5.0)
     with pytest.raises(RuntimeError):
         consumer.run()
+
+
+def test_a_closed_consumer_refuses_to_run_and_stays_closable() -> None:
+    consumer = ParallelConsumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "g"}, "t",
+                                decode_value, workers=1)
+    consumer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        consumer.run()
+    assert consumer.stats()["running"] is False
+    closer = threading.Thread(target=consumer.close, daemon=True)
+    closer.start()
+    closer.join(5.0)
+    assert not closer.is_alive(), "close() waited for a run that never started"
 
 
 def test_partitions_assigned_while_stopping_are_left_to_their_next_owner() -> None:

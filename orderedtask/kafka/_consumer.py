@@ -334,11 +334,15 @@ class ParallelConsumer:
         """
         if self._running or self._consumer is not None:
             raise RuntimeError("run() may be called once per ParallelConsumer")
-        if self._closed:
-            raise RuntimeError("this ParallelConsumer is closed")
-        self._running = True
         self._run_thread = threading.current_thread()
         self._ran.clear()
+        self._running = True
+        # Checked after _running is set (close() sets _closed, then reads _running): a
+        # close() on another thread either waits for this run or is seen here.
+        if self._closed:
+            self._running = False
+            self._ran.set()
+            raise RuntimeError("this ParallelConsumer is closed")
         config = dict(self._config, on_commit=self._on_commit)
         try:
             self._consumer = Consumer(config)
