@@ -15,8 +15,8 @@ costs is undone after a quarter of an interval. Up from 0 the first step is to 2
 beside an idle consumer runs no faster than the consumer alone, so 1 would stop every climb;
 with the GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all, and
 items slow enough that a hand-off is noise (``SLOW_RATE``) step to 8 at once.
-Settled, the controller re-probes a neighbour now and then (up and down in turn; less often
-while probes do not pay). The workload changed, and the climb starts again from the fewest
+Settled, the controller re-probes a neighbour now and then (up and down in turn, first away
+from the step that ended the climb; less often while probes do not pay). The workload changed, and the climb starts again from the fewest
 workers, when a level runs at a rate far from the one it ran at before (in any mode: a change
 during a climb is caught too), or when a settled rate stays away from its average, on one
 side of it, three readings in a row (a shorter run away from it was noise, and is averaged
@@ -339,6 +339,10 @@ class ConcurrencyController:
         if self._unconfirmed(rate, came_from[1]):
             return
         if not self._accepts(self._direction, rate, came_from[1]):
+            # The first probe goes the other way: this way was just measured, and after a
+            # climb the rung below is where a plateau's noise may have lifted it from
+            # (a step up must gain, a step down only not cost).
+            self._next_probe = -self._direction
             self._settle(now, came_from[0], came_from[1],
                          "the step did not pay" if self._direction > 0 else "the step cost")
             return

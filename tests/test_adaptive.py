@@ -167,6 +167,28 @@ def test_a_change_the_current_level_cannot_see_is_found_by_the_next_probe() -> N
     assert reached(trace, 4.0, lambda level: level == 64) < _adaptive.MAX_REPROBE_SECONDS + 1.0
 
 
+def test_the_first_probe_goes_away_from_the_step_that_ended_the_climb() -> None:
+    # A plateau (3.13t: json + 20 us on two cores ran within noise from 2 to 32 threads):
+    # the climb's step to 4 gained in a lucky spell, the step to 8 did not pay. The first
+    # probe goes down, where a flat stretch is walked (a step down need only not cost), not
+    # up again to the rung just measured; so 2 is reached at the first probe, not the second.
+    def plateau(t: float, level: int) -> float:
+        if level <= 1:
+            return 11_500.0
+        return 22_500.0 if t < 0.4 and level == 4 else 20_000.0
+
+    controller = ConcurrencyController(64)
+    trace = simulate(controller, plateau, 4.0, noise=0.01)
+    reasons = [d.reason for d in controller.decisions]
+    settled = reasons.index("settled: the step did not pay")
+    assert controller.decisions[settled].level == 4
+    assert reasons[settled + 1:settled + 3] == ["probing down", "stepping down"]
+    first_probe = controller.decisions[settled + 1].time
+    assert first_probe - controller.decisions[settled].time < _adaptive.REPROBE_SECONDS + 0.1
+    assert {level for t, level in trace if t > first_probe + 0.4} <= {1, 2, 4}
+    assert reached(trace, first_probe, lambda level: level == 2) < 0.2
+
+
 def test_a_slow_first_interval_does_not_restart_the_climb() -> None:
     # The first readings run slow (threads starting, caches cold): once settled at level 0,
     # the controller stays there instead of taking the warm rate for a change of workload.
