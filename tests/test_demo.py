@@ -38,6 +38,8 @@ def test_demo_decodes_in_order_and_reports_honestly() -> None:
     assert "(Pool)" in out and "the defaults for this build and GC threshold" in out
     assert "cyclic-GC passes during the runs: loop " in out
     assert out.count("2 workers (fixed)") == 3  # Pool, map, and map with I/O
+    # Each decode-only variant ran three times, interleaved (each run order-checked).
+    assert "each variant below: the fastest of 3 interleaved run(s)" in out
 
 
 def test_demo_suggests_a_gc_threshold_only_when_passes_ran() -> None:
@@ -50,15 +52,16 @@ def test_demo_suggests_a_gc_threshold_only_when_passes_ran() -> None:
 
 def test_demo_options() -> None:
     done = demo("--messages", "500", "--decoder", "json", "--gc-threshold", "12345",
-                "--window", "64")
+                "--window", "64", "--rounds", "1")
     assert done.returncode == 0, done.stderr
+    assert "the fastest of 1 interleaved run(s)" in done.stdout
     assert "decoder json" in done.stdout and "gc threshold 12345" in done.stdout
     assert "window 64 (Pool), 64 (map)\n" in done.stdout
 
 
 def test_demo_rejects_bad_arguments() -> None:
     for args in (["--messages", "0"], ["--workers", "-1"], ["--gc-threshold", "0"],
-                 ["--decoder", "yaml"]):
+                 ["--decoder", "yaml"], ["--rounds", "0"]):
         done = demo(*args)
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr
