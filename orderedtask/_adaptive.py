@@ -16,13 +16,14 @@ beside an idle consumer runs no faster than the consumer alone, so 1 would stop 
 with the GIL on, items too cheap for any hand-off (``cheap_rate``) do not climb at all, and
 items slow enough that a hand-off is noise (``SLOW_RATE``) step to 8 at once.
 Settled, the controller re-probes a neighbour now and then (up and down in turn, first away
-from the step that ended the climb; less often while probes do not pay). The workload changed, and the climb starts again from the fewest
-workers, when a level runs at a rate far from the one it ran at before (in any mode: a change
-during a climb is caught too), or when a settled rate stays away from its average, on one
-side of it, three readings in a row (a shorter run away from it was noise, and is averaged
-in). A settled level whose workers had work waiting, and now wait for work half the time or
-more (the caller passes their idle seconds in), is probed down at once, to the rung that
-holds the busy ones: a change the rate may not show.
+from the step that ended the climb; less often while probes do not pay). The workload
+changed, and the climb starts again from the fewest workers, when a level runs at a rate far
+from the one it ran at before (in any mode: a change during a climb is caught too), or when
+a settled rate stays away from its average, on one side of it, three readings in a row (a
+shorter run away from it was noise, and is averaged in). A settled level whose workers had
+work waiting, and now wait for work half the time or more (the caller passes their idle
+seconds in), is probed down at once, to the rung that holds the busy ones: a change the rate
+may not show.
 """
 
 from __future__ import annotations
