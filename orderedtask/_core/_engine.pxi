@@ -1711,15 +1711,20 @@ cdef class Cursor:
         return self._next(waker)
 
     cdef object _next(self, object waker):
+        if (self._pulling and waker is None and self._untuned + 1 < self._tune_every
+                and not load_int(&self._engine._stopping)):
+            # Level 0 with the claim held (so nothing in flight, nothing buffered): the
+            # loop's own path, with none of _step's checks and no ``try`` (saving the
+            # exception state costs every item): _pull_one ends the iteration itself before
+            # anything escapes it.
+            self._untuned += 1
+            value = self._pull_one()
+            if value is not _NOTHING:
+                return value
+        return self._next_guarded(waker)
+
+    cdef object _next_guarded(self, object waker):
         try:
-            if (self._pulling and waker is None and self._untuned + 1 < self._tune_every
-                    and not load_int(&self._engine._stopping)):
-                # Level 0 with the claim held (so nothing in flight, nothing buffered): the
-                # loop's own path, with none of _step's checks.
-                self._untuned += 1
-                value = self._pull_one()
-                if value is not _NOTHING:
-                    return value
             if self._state != ACTIVE:
                 self._begin()
             return self._step(waker)
@@ -1842,7 +1847,8 @@ cdef class Cursor:
         return self._pull_one()
 
     cdef object _pull_one(self):
-        # _bypass with the claim held.
+        # _bypass with the claim held. Whatever escapes it has ended the iteration first
+        # (_next calls it outside its ``try``).
         cdef Engine engine = self._engine
         cdef uint64_t position, label
         cdef PyObject* pulled
@@ -1852,8 +1858,7 @@ cdef class Cursor:
         pulled = PyIter_Next(engine._source)
         if pulled == NULL:
             failure = _taken_exception() if PyErr_Occurred() != NULL else None
-            self._fold()
-            engine.close(failure)  # raised at its position, as the feeder's would be
+            self._end_pulls(failure)  # raised at its position, as the feeder's would be
             return _NOTHING
         item = <object>pulled
         Py_DECREF(item)  # ``item`` holds it now
@@ -1862,8 +1867,7 @@ cdef class Cursor:
             try:
                 label = _index_of_pair(item, position)
             except BaseException as exc:
-                self._fold()
-                engine.close(exc)
+                self._end_pulls(exc)
                 return _NOTHING
             item = (<tuple>item)[1]
         self._pull_next = position + 1
@@ -1871,6 +1875,17 @@ cdef class Cursor:
         output = (<Runner>self._inline_runner)._run_value(label, item, &error)
         bump_ssize(&engine._finished)
         return self._expand_value(label, item, output, error)
+
+    cdef int _end_pulls(self, object failure) except -1:
+        # The source ended (``failure``: it raised): close the engine, which raises
+        # ``failure`` after every item before it. A failure to close ends the iteration.
+        self._fold()
+        try:
+            self._engine.close(failure)
+        except BaseException:
+            self._leave(True)
+            raise
+        return 0
 
     cdef void _fold(self) noexcept:
         # End the claim on the source: the feeder (or the next claim) goes on from here.
@@ -1927,7 +1942,11 @@ cdef class Cursor:
         self._mark(index)
         if mode == 1:  # MAP
             return output_object
-        task = Task(index, item)  # MAP_TASKS
+        try:
+            task = Task(index, item)  # MAP_TASKS
+        except BaseException:  # out of memory: nothing may escape _pull_one unended
+            self._leave(True)
+            raise
         (<Task>task).output = output_object
         (<Task>task).error = error_object
         return task
