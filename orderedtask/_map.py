@@ -49,7 +49,7 @@ class _Plan:
         check_callable("fn", fn)
         check_callable("describe_error", describe, optional=True)
         self.workers = check_workers_or_adaptive(workers)
-        self.max_workers = check_max_workers(max_workers, backend)
+        self.max_workers = check_max_workers(max_workers, backend, self.workers)
         sizing = self.workers if self.workers is not None else (os.cpu_count() or 1)
         window = check_window(window, default_window(MAP_WINDOW, sizing))
         retries, retry_backoff = check_retries(retries, retry_backoff)

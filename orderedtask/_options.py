@@ -60,14 +60,21 @@ def check_workers_or_adaptive(workers: object) -> int | None:
     return None if workers is None else check_workers(workers)
 
 
-def check_max_workers(max_workers: object, backend: object) -> int:
-    """The ceiling of adaptive concurrency: ``max_workers``, or the backend's default."""
+def check_max_workers(max_workers: object, backend: object, workers: int | None) -> int:
+    """The ceiling of adaptive concurrency: ``max_workers``, or the backend's default.
+
+    With ``workers`` fixed there is nothing for a ceiling to bound: asking for both is
+    refused, rather than one of them silently ignored.
+    """
     if max_workers is None:
         return THREAD_MAX_WORKERS if backend == "thread" else (os.cpu_count() or 1)
     if not _is_int(max_workers):
         raise TypeError(f"max_workers must be an int or None, not {type(max_workers).__name__}")
     if max_workers <= 0:  # type: ignore[operator]
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+    if workers is not None:
+        raise ValueError(f"max_workers={max_workers} bounds adaptive concurrency "
+                         f"(workers=None), but workers={workers} fixes the count: pass one")
     return max_workers  # type: ignore[return-value]
 
 

@@ -53,7 +53,7 @@ class Pool:
         check_callable("fn", fn)
         check_callable("worker_init", worker_init, optional=True)
         check_callable("key", key, optional=True)
-        ceiling = check_max_workers(max_workers, backend)
+        ceiling = check_max_workers(max_workers, backend, fixed)
         sizing = fixed if fixed is not None else (os.cpu_count() or 1)
         window = check_window(window, default_window(POOL_WINDOW, sizing))
         retries, retry_backoff = check_retries(retries, retry_backoff)

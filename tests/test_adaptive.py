@@ -899,6 +899,19 @@ def test_max_workers_is_checked_before_anything_starts(bad, error) -> None:
     assert pool_threads() <= before  # none started (an earlier test's may still be ending)
 
 
+def test_max_workers_with_a_fixed_count_is_refused_before_anything_starts() -> None:
+    # A ceiling on a count that does not move means nothing: refused, not silently ignored.
+    before = pool_threads()
+    for start in (lambda: orderedtask.map(str, [1], workers=2, max_workers=4),
+                  lambda: orderedtask.map_tasks(str, [1], workers=2, max_workers=4),
+                  lambda: orderedtask.decode([b"1"], workers=2, max_workers=4),
+                  lambda: orderedtask.amap(str, [1], workers=2, max_workers=4),
+                  lambda: Pool(2, lambda wl, t: None, max_workers=4)):
+        with pytest.raises(ValueError, match=r"max_workers=4 .* workers=2 fixes the count"):
+            start()
+    assert pool_threads() <= before
+
+
 def test_a_fixed_count_is_kept(twin) -> None:
     stream = orderedtask.map(str, range(1_000), workers=3)
     list(stream)

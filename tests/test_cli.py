@@ -257,7 +257,7 @@ def test_bad_fn_is_one_line_and_status_2(helpers: Path, spec: str, message: str)
 
 @pytest.mark.parametrize("args", [
     ["--workers", "0"], ["--workers", "-2"], ["--workers", "many"], ["--window", "0"],
-    ["--backend", "gpu"], [],
+    ["--backend", "gpu"], [], ["--workers", "2", "--max-workers", "4"],
 ])
 def test_bad_arguments_are_status_2(helpers: Path, args: list[str]) -> None:
     fn = [] if not args else ["--fn", "clihelpers:upper"]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._map import map_tasks
-from .._options import MAP_WINDOW
+from .._options import MAP_WINDOW, check_max_workers
 
 try:
     import orjson
@@ -402,7 +402,13 @@ def _open_output(path: str) -> tuple[int, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_max_workers(args.max_workers, args.backend, args.workers)
+    except ValueError:
+        parser.error("--max-workers bounds adaptive concurrency; --workers fixes the count: "
+                     "pass one of them")
     in_fd, close_in = -1, False
     writer: Writer | None = None
     try:
