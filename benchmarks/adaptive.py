@@ -183,11 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the items")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="only the workloads whose name contains TEXT (\"mixed\": the "
+                             "mixed stream), to re-measure one cell")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, GIL {'on' if gil_enabled() else 'off'}, "
           f"core {orderedtask.IMPLEMENTATION}, {os.cpu_count()} CPUs, median of {args.repeat}")
     results = []
     for name, fn, items, share, backend, counts in workloads(args.quick):
+        if args.only is not None and args.only not in name:
+            continue
         row = measure(name, fn, items, share, backend, counts, args.repeat)
         results.append(row)
         rates = row["rates"]
@@ -197,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  adaptive: {row['adaptive_vs_best']:.2f}x the best fixed count "
               f"({row['best_fixed']}), {row['adaptive_vs_loop']:.2f}x the loop; "
               f"settled at levels {row['adaptive_levels']}")
-    mixed = mixed_trace(args.quick)
-    print(f"\nmixed stream: 1 ms waits, then GIL-bound decoding (changes at "
-          f"{mixed['change_at']:.3f} s, ends at {mixed['seconds']:.3f} s)")
-    print("  (seconds, items yielded, level): " +
-          ", ".join(str(point) for point in mixed["trace"][:: max(1, len(mixed["trace"]) // 40)]))
-    print("  last decisions (time, from, to, rate, why):")
-    for decision in mixed["decisions"]:
-        print(f"    {decision}")
+    mixed = mixed_trace(args.quick) if args.only in (None, "mixed") else None
+    if mixed is not None:
+        print(f"\nmixed stream: 1 ms waits, then GIL-bound decoding (changes at "
+              f"{mixed['change_at']:.3f} s, ends at {mixed['seconds']:.3f} s)")
+        print("  (seconds, items yielded, level): " + ", ".join(
+            str(point) for point in mixed["trace"][:: max(1, len(mixed["trace"]) // 40)]))
+        print("  last decisions (time, from, to, rate, why):")
+        for decision in mixed["decisions"]:
+            print(f"    {decision}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"workloads": results, "mixed": mixed}, out, indent=1)
