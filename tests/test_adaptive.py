@@ -757,6 +757,43 @@ def test_level_0_runs_on_the_consumer_and_starts_no_thread(twin, monkeypatch) ->
     assert stream.stats()["level"] == 0
 
 
+@pytest.mark.parametrize("failure", ["fn", "fn-base", "source"])
+@pytest.mark.parametrize("api", ["map", "map_tasks"])
+def test_what_escapes_level_0_ends_the_iteration(twin, monkeypatch, api, failure) -> None:
+    # At level 0 the consumer pulls and runs each item itself, outside the cursor's guard:
+    # an error raised there must still end the iteration and the pool, like a generator's.
+    monkeypatch.setattr(_adaptive, "ConcurrencyController", AlwaysZero)
+    before = pool_threads()
+
+    def fn(x):
+        if failure.startswith("fn") and x == 1_234:
+            raise (KeyboardInterrupt if failure == "fn-base" else KeyError)(x)
+        return x
+
+    def source():
+        yield from range(1_234)
+        if failure == "source":
+            raise OSError("the source broke")
+        yield from range(1_234, 5_000)
+
+    start = orderedtask.map if api == "map" else orderedtask.map_tasks
+    stream = start(fn, source())
+    expected = (KeyboardInterrupt if failure == "fn-base" else
+                OSError if failure == "source" else KeyError if api == "map" else None)
+    got = []
+    if expected is None:  # map_tasks keeps an Exception on its item and goes on
+        got = [task.output for task in stream if task.error is None]
+        assert got == [x for x in range(5_000) if x != 1_234]
+    else:
+        with pytest.raises(expected):
+            for value in stream:
+                got.append(value if api == "map" else value.output)
+        assert got == list(range(1_234))
+        with pytest.raises(StopIteration):  # ended: nothing more comes
+            next(stream)
+    assert stream.stats()["level"] == 0 and pool_threads() == before
+
+
 def test_level_0_runs_a_pools_tasks_a_few_at_a_time(twin, monkeypatch) -> None:
     # Outputs made inline stay alive until yielded: a batch is capped (INLINE_BATCH), not
     # sized by the measured cost, which for fast tasks would be thousands.

@@ -1714,24 +1714,32 @@ cdef class Cursor:
         if (self._pulling and waker is None and self._untuned + 1 < self._tune_every
                 and not load_int(&self._engine._stopping)):
             # Level 0 with the claim held (so nothing in flight, nothing buffered): the
-            # loop's own path, with none of _step's checks and no ``try`` (saving the
-            # exception state costs every item): _pull_one ends the iteration itself before
-            # anything escapes it.
+            # loop's own path, with none of _step's checks. A MAP item needs no ``try``
+            # (saving the exception state costs every item): _pull_one ends the iteration
+            # itself before its errors escape; a MAP_TASKS item's Task may fail to allocate.
             self._untuned += 1
-            value = self._pull_one()
+            value = self._pull_one() if self._mode == 1 else self._guarded_pull()
             if value is not _NOTHING:
                 return value
-        return self._next_guarded(waker)
-
-    cdef object _next_guarded(self, object waker):
         try:
             if self._state != ACTIVE:
                 self._begin()
             return self._step(waker)
         except BaseException:
-            if self._state == ACTIVE:  # whatever escapes ends the iteration, like a generator's
-                self._leave(True)
+            self._escaped()
             raise
+
+    cdef object _guarded_pull(self):
+        try:
+            return self._pull_one()
+        except BaseException:
+            self._escaped()
+            raise
+
+    cdef void _escaped(self) noexcept:
+        # Whatever escapes ``next`` ends the iteration, like a generator's.
+        if self._state == ACTIVE:
+            self._leave(True)
 
     cdef object _step(self, object waker):
         cdef Engine engine = self._engine
@@ -1847,8 +1855,8 @@ cdef class Cursor:
         return self._pull_one()
 
     cdef object _pull_one(self):
-        # _bypass with the claim held. Whatever escapes it has ended the iteration first
-        # (_next calls it outside its ``try``).
+        # _bypass with the claim held. In MAP mode whatever escapes it has ended the
+        # iteration first (_next calls it outside any ``try``).
         cdef Engine engine = self._engine
         cdef uint64_t position, label
         cdef PyObject* pulled
@@ -1883,7 +1891,7 @@ cdef class Cursor:
         try:
             self._engine.close(failure)
         except BaseException:
-            self._leave(True)
+            self._escaped()
             raise
         return 0
 
@@ -1942,11 +1950,7 @@ cdef class Cursor:
         self._mark(index)
         if mode == 1:  # MAP
             return output_object
-        try:
-            task = Task(index, item)  # MAP_TASKS
-        except BaseException:  # out of memory: nothing may escape _pull_one unended
-            self._leave(True)
-            raise
+        task = Task(index, item)  # MAP_TASKS
         (<Task>task).output = output_object
         (<Task>task).error = error_object
         return task
